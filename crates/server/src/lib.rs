@@ -1,0 +1,1 @@
+//! The Keyward server: REST API, admin panel, relay, jobs

@@ -1,0 +1,1 @@
+//! Keyward persistence: SQLite and PostgreSQL through sqlx

@@ -1,0 +1,557 @@
+//! The key-operations repository: security keys and their credentials, used by the key-operations
+//! layer (`keyward_server::keyops`) through [`KeyTx`], one transaction per CTAP operation.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{
+    Db, Store, StoreError, Tx, TxInner, from_json_text, now, on_pool, on_tx, to_json_text,
+};
+
+/// One security key row. PIN fields mirror the authenticator's persistent PIN state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityKeyRecord {
+    pub id: Uuid,
+    pub org_id: Uuid,
+    pub user_id: Uuid,
+    /// `active`, `suspended` or `revoked`.
+    pub status: String,
+    pub aaguid: Vec<u8>,
+    /// The key's data key, sealed under the vault's key-encryption key `kek_version`.
+    pub wrapped_dek: Vec<u8>,
+    pub kek_version: i32,
+    pub pin_verifier: Option<Vec<u8>>,
+    pub pin_code_points: i32,
+    pub pin_retries: i32,
+    pub consecutive_pin_failures: i32,
+    pub min_pin_length: i32,
+    pub min_pin_length_rp_ids: Vec<String>,
+    pub force_pin_change: bool,
+    pub always_uv: bool,
+}
+
+/// What is needed to create a security key; PIN state starts empty (no PIN, full retries).
+#[derive(Debug, Clone)]
+pub struct NewSecurityKey {
+    pub id: Uuid,
+    pub aaguid: Vec<u8>,
+    pub wrapped_dek: Vec<u8>,
+    pub kek_version: i32,
+    pub min_pin_length: i32,
+    pub force_pin_change: bool,
+}
+
+/// One credential (passkey) on a key. Private material is only ever stored sealed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CredentialRecord {
+    pub credential_id: Vec<u8>,
+    pub rp_id: String,
+    pub rp_id_hash: Vec<u8>,
+    pub rp_name: Option<String>,
+    pub user_handle: Vec<u8>,
+    pub user_name: Option<String>,
+    pub user_display_name: Option<String>,
+    pub alg: i64,
+    pub public_key_cose: Vec<u8>,
+    pub sealed_private_key: Vec<u8>,
+    pub sealed_cred_random: Option<Vec<u8>>,
+    pub discoverable: bool,
+    pub cred_protect: i32,
+    pub cred_blob: Option<Vec<u8>>,
+    pub sign_count: i64,
+    pub backup_eligible: bool,
+    pub backup_state: bool,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    /// `automated`, `delegated` or `user`.
+    pub via: String,
+}
+
+// Sealed material is not secret in the clear, but keeping it out of logs costs nothing.
+impl std::fmt::Debug for CredentialRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialRecord")
+            .field("credential_id", &hex::encode(&self.credential_id))
+            .field("rp_id", &self.rp_id)
+            .field("user_name", &self.user_name)
+            .field("sign_count", &self.sign_count)
+            .field("via", &self.via)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: Uuid,
+    org_id: Uuid,
+    user_id: Uuid,
+    status: String,
+    aaguid: Vec<u8>,
+    wrapped_dek: Vec<u8>,
+    kek_version: i32,
+    pin_verifier: Option<Vec<u8>>,
+    pin_code_points: i32,
+    pin_retries: i32,
+    consecutive_pin_failures: i32,
+    min_pin_length: i32,
+    min_pin_length_rp_ids: String,
+    force_pin_change: bool,
+    always_uv: bool,
+}
+
+impl TryFrom<KeyRow> for SecurityKeyRecord {
+    type Error = StoreError;
+    fn try_from(r: KeyRow) -> Result<Self, StoreError> {
+        Ok(SecurityKeyRecord {
+            id: r.id,
+            org_id: r.org_id,
+            user_id: r.user_id,
+            status: r.status,
+            aaguid: r.aaguid,
+            wrapped_dek: r.wrapped_dek,
+            kek_version: r.kek_version,
+            pin_verifier: r.pin_verifier,
+            pin_code_points: r.pin_code_points,
+            pin_retries: r.pin_retries,
+            consecutive_pin_failures: r.consecutive_pin_failures,
+            min_pin_length: r.min_pin_length,
+            min_pin_length_rp_ids: from_json_text(&r.min_pin_length_rp_ids)?,
+            force_pin_change: r.force_pin_change,
+            always_uv: r.always_uv,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CredRow {
+    credential_id: Vec<u8>,
+    rp_id: String,
+    rp_id_hash: Vec<u8>,
+    rp_name: Option<String>,
+    user_handle: Vec<u8>,
+    user_name: Option<String>,
+    user_display_name: Option<String>,
+    alg: i64,
+    public_key_cose: Vec<u8>,
+    sealed_private_key: Vec<u8>,
+    sealed_cred_random: Option<Vec<u8>>,
+    discoverable: bool,
+    cred_protect: i32,
+    cred_blob: Option<Vec<u8>>,
+    sign_count: i64,
+    backup_eligible: bool,
+    backup_state: bool,
+    created_at: DateTime<Utc>,
+    created_by: Option<String>,
+    via: String,
+}
+
+impl From<CredRow> for CredentialRecord {
+    fn from(r: CredRow) -> Self {
+        CredentialRecord {
+            credential_id: r.credential_id,
+            rp_id: r.rp_id,
+            rp_id_hash: r.rp_id_hash,
+            rp_name: r.rp_name,
+            user_handle: r.user_handle,
+            user_name: r.user_name,
+            user_display_name: r.user_display_name,
+            alg: r.alg,
+            public_key_cose: r.public_key_cose,
+            sealed_private_key: r.sealed_private_key,
+            sealed_cred_random: r.sealed_cred_random,
+            discoverable: r.discoverable,
+            cred_protect: r.cred_protect,
+            cred_blob: r.cred_blob,
+            sign_count: r.sign_count,
+            backup_eligible: r.backup_eligible,
+            backup_state: r.backup_state,
+            created_at: r.created_at,
+            created_by: r.created_by,
+            via: r.via,
+        }
+    }
+}
+
+const KEY_COLUMNS: &str = "id, org_id, user_id, status, aaguid, wrapped_dek, kek_version, pin_verifier, \
+     pin_code_points, pin_retries, consecutive_pin_failures, min_pin_length, min_pin_length_rp_ids, \
+     force_pin_change, always_uv";
+
+const CRED_COLUMNS: &str = "credential_id, rp_id, rp_id_hash, rp_name, user_handle, user_name, \
+     user_display_name, alg, public_key_cose, sealed_private_key, sealed_cred_random, discoverable, \
+     cred_protect, cred_blob, sign_count, backup_eligible, backup_state, created_at, created_by, via";
+
+/// A credential as the API lists it (no sealed material).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CredentialSummary {
+    pub id: Uuid,
+    pub rp_id: String,
+    pub user_name: Option<String>,
+    pub credential_id: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    pub via: String,
+}
+
+const UPDATE_PIN_STATE: &str = "UPDATE security_keys SET pin_verifier = $1, pin_code_points = $2, \
+     pin_retries = $3, consecutive_pin_failures = $4, min_pin_length = $5, min_pin_length_rp_ids = $6, \
+     force_pin_change = $7, always_uv = $8 WHERE org_id = $9 AND id = $10";
+
+impl Store {
+    /// The key `key_id` of organisation `org_id`, if it exists there.
+    pub async fn key_by_id(
+        &self,
+        org_id: Uuid,
+        key_id: Uuid,
+    ) -> Result<Option<SecurityKeyRecord>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM security_keys WHERE org_id = $1 AND id = $2");
+        let row: Option<KeyRow> = on_pool!(&self.db, p => {
+            sqlx::query_as(&sql).bind(org_id).bind(key_id).fetch_optional(p).await?
+        });
+        row.map(SecurityKeyRecord::try_from).transpose()
+    }
+
+    /// Starts the transaction of one key operation and locks the key row for its duration: on
+    /// PostgreSQL with `SELECT … FOR UPDATE`, on SQLite with `BEGIN IMMEDIATE` (one writer at a
+    /// time). This serialises operations on one key across connections and replicas.
+    pub async fn begin_key(&self, org_id: Uuid, key_id: Uuid) -> Result<KeyTx, StoreError> {
+        let mut inner = match &self.db {
+            Db::Sqlite(p) => TxInner::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(p) => TxInner::Postgres(p.begin().await?),
+        };
+        // SQLite has no row locks and rejects FOR UPDATE; its BEGIN IMMEDIATE already excludes
+        // every other writer.
+        let lock_sql = match &self.db {
+            Db::Sqlite(_) => "SELECT id FROM security_keys WHERE org_id = $1 AND id = $2",
+            Db::Postgres(_) => {
+                "SELECT id FROM security_keys WHERE org_id = $1 AND id = $2 FOR UPDATE"
+            }
+        };
+        let exists: Option<(Uuid,)> = on_tx!(&mut inner, c => {
+            sqlx::query_as(lock_sql).bind(org_id).bind(key_id).fetch_optional(&mut *c).await?
+        });
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        Ok(KeyTx {
+            org_id,
+            key_id,
+            inner,
+        })
+    }
+
+    /// Writes the key's PIN state and commits at once: the authenticator spends a PIN retry before
+    /// it compares the PIN, and that spend must survive a crash in between.
+    pub async fn update_key_pin_state(
+        &self,
+        org_id: Uuid,
+        key_id: Uuid,
+        rec: &SecurityKeyRecord,
+    ) -> Result<(), StoreError> {
+        let rp_ids = to_json_text(&rec.min_pin_length_rp_ids)?;
+        let done = on_pool!(&self.db, p => {
+            sqlx::query(UPDATE_PIN_STATE)
+                .bind(&rec.pin_verifier).bind(rec.pin_code_points).bind(rec.pin_retries)
+                .bind(rec.consecutive_pin_failures).bind(rec.min_pin_length).bind(&rp_ids)
+                .bind(rec.force_pin_change).bind(rec.always_uv).bind(org_id).bind(key_id)
+                .execute(p).await?.rows_affected()
+        });
+        if done == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Every key's wrapped data key, for re-wrapping under a new key-encryption key.
+    pub async fn all_wrapped_deks(&self) -> Result<Vec<(Uuid, Uuid, Vec<u8>, i32)>, StoreError> {
+        let sql =
+            "SELECT org_id, id, wrapped_dek, kek_version FROM security_keys ORDER BY org_id, id";
+        Ok(on_pool!(&self.db, p => sqlx::query_as(sql).fetch_all(p).await?))
+    }
+
+    /// Replaces a wrapped data key if it is still at `old_version` (compare-and-swap, so two
+    /// concurrent rotations cannot lose a key). Returns whether the row changed.
+    pub async fn replace_wrapped_dek(
+        &self,
+        org_id: Uuid,
+        key_id: Uuid,
+        old_version: i32,
+        wrapped: &[u8],
+        new_version: i32,
+    ) -> Result<bool, StoreError> {
+        let sql = "UPDATE security_keys SET wrapped_dek = $1, kek_version = $2 \
+                   WHERE org_id = $3 AND id = $4 AND kek_version = $5";
+        let n = on_pool!(&self.db, p => {
+            sqlx::query(sql).bind(wrapped).bind(new_version).bind(org_id).bind(key_id).bind(old_version)
+                .execute(p).await?.rows_affected()
+        });
+        Ok(n == 1)
+    }
+
+    /// The keys of a user (normally one).
+    pub async fn key_for_user(
+        &self,
+        org_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Option<SecurityKeyRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM security_keys WHERE org_id = $1 AND user_id = $2 AND status <> 'revoked'"
+        );
+        let row: Option<KeyRow> = on_pool!(&self.db, p => {
+            sqlx::query_as(&sql).bind(org_id).bind(user_id).fetch_optional(p).await?
+        });
+        row.map(SecurityKeyRecord::try_from).transpose()
+    }
+
+    /// The credentials on a user's keys, for the API (no sealed material).
+    pub async fn credentials_of_user(
+        &self,
+        org_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Vec<CredentialSummary>, StoreError> {
+        let sql = "SELECT c.id, c.rp_id, c.user_name, c.credential_id, c.created_at, c.created_by, c.via \
+                   FROM credentials c JOIN security_keys k ON k.id = c.key_id \
+                   WHERE c.org_id = $1 AND k.user_id = $2 ORDER BY c.created_at, c.id";
+        Ok(
+            on_pool!(&self.db, p => sqlx::query_as(sql).bind(org_id).bind(user_id).fetch_all(p).await?),
+        )
+    }
+}
+
+impl Tx {
+    /// Creates a security key for a user and marks the user `assigned`.
+    pub async fn insert_security_key(
+        &mut self,
+        org_id: Uuid,
+        user_id: Uuid,
+        key: &NewSecurityKey,
+    ) -> Result<(), StoreError> {
+        let at = now();
+        on_tx!(&mut self.inner, c => {
+            sqlx::query(
+                "INSERT INTO security_keys (id, org_id, user_id, status, aaguid, wrapped_dek, kek_version, \
+                 min_pin_length, force_pin_change, created_at) VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(key.id).bind(org_id).bind(user_id).bind(&key.aaguid).bind(&key.wrapped_dek)
+            .bind(key.kek_version).bind(key.min_pin_length).bind(key.force_pin_change).bind(at)
+            .execute(&mut *c).await?;
+            let n = sqlx::query("UPDATE users SET key_id = $1, status = 'assigned' WHERE org_id = $2 AND id = $3")
+                .bind(key.id).bind(org_id).bind(user_id).execute(&mut *c).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+        });
+        Ok(())
+    }
+
+    /// Sets a key's status (`active`, `suspended`, `revoked`). Revoking also deletes its
+    /// credentials and detaches it from its user, who goes back to `new`.
+    pub async fn set_key_status(
+        &mut self,
+        org_id: Uuid,
+        key_id: Uuid,
+        status: &str,
+    ) -> Result<(), StoreError> {
+        on_tx!(&mut self.inner, c => {
+            let n = sqlx::query("UPDATE security_keys SET status = $1 WHERE org_id = $2 AND id = $3 AND status <> 'revoked'")
+                .bind(status).bind(org_id).bind(key_id).execute(&mut *c).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            if status == "revoked" {
+                sqlx::query("DELETE FROM credentials WHERE org_id = $1 AND key_id = $2")
+                    .bind(org_id).bind(key_id).execute(&mut *c).await?;
+                sqlx::query("UPDATE users SET key_id = NULL, status = CASE WHEN status = 'disabled' THEN status ELSE 'new' END \
+                             WHERE org_id = $1 AND key_id = $2")
+                    .bind(org_id).bind(key_id).execute(&mut *c).await?;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The transaction of one key operation, holding the key's row lock. Everything written through it,
+/// including its audit entry, commits together in [`KeyTx::commit`]; dropping it rolls back.
+pub struct KeyTx {
+    org_id: Uuid,
+    key_id: Uuid,
+    inner: TxInner,
+}
+
+impl KeyTx {
+    pub fn org_id(&self) -> Uuid {
+        self.org_id
+    }
+
+    pub fn key_id(&self) -> Uuid {
+        self.key_id
+    }
+
+    pub async fn key(&mut self) -> Result<SecurityKeyRecord, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM security_keys WHERE org_id = $1 AND id = $2");
+        let (org, key) = (self.org_id, self.key_id);
+        let row: KeyRow = on_tx!(&mut self.inner, c => {
+            sqlx::query_as(&sql).bind(org).bind(key).fetch_one(&mut *c).await?
+        });
+        row.try_into()
+    }
+
+    /// Writes the key's mutable state (PIN state and options; identity fields are ignored).
+    pub async fn save_key_state(&mut self, rec: &SecurityKeyRecord) -> Result<(), StoreError> {
+        let rp_ids = to_json_text(&rec.min_pin_length_rp_ids)?;
+        let (org, key) = (self.org_id, self.key_id);
+        let n = on_tx!(&mut self.inner, c => {
+            sqlx::query(UPDATE_PIN_STATE)
+                .bind(&rec.pin_verifier).bind(rec.pin_code_points).bind(rec.pin_retries)
+                .bind(rec.consecutive_pin_failures).bind(rec.min_pin_length).bind(&rp_ids)
+                .bind(rec.force_pin_change).bind(rec.always_uv).bind(org).bind(key)
+                .execute(&mut *c).await?.rows_affected()
+        });
+        if n == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn select_credentials(
+        &mut self,
+        filter: &str,
+        arg: Option<&[u8]>,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {CRED_COLUMNS} FROM credentials WHERE org_id = $1 AND key_id = $2 {filter} ORDER BY created_at, id"
+        );
+        let (org, key) = (self.org_id, self.key_id);
+        let rows: Vec<CredRow> = on_tx!(&mut self.inner, c => {
+            let mut q = sqlx::query_as(&sql).bind(org).bind(key);
+            if let Some(a) = arg {
+                q = q.bind(a);
+            }
+            q.fetch_all(&mut *c).await?
+        });
+        Ok(rows.into_iter().map(CredentialRecord::from).collect())
+    }
+
+    pub async fn credentials_for_rp(
+        &mut self,
+        rp_id_hash: &[u8],
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        self.select_credentials("AND rp_id_hash = $3", Some(rp_id_hash))
+            .await
+    }
+
+    pub async fn credential(
+        &mut self,
+        credential_id: &[u8],
+    ) -> Result<Option<CredentialRecord>, StoreError> {
+        Ok(self
+            .select_credentials("AND credential_id = $3", Some(credential_id))
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    pub async fn discoverable_credentials(&mut self) -> Result<Vec<CredentialRecord>, StoreError> {
+        let disc = match self.inner {
+            TxInner::Sqlite(_) => "AND discoverable = 1",
+            TxInner::Postgres(_) => "AND discoverable = TRUE",
+        };
+        self.select_credentials(disc, None).await
+    }
+
+    pub async fn insert_credential(&mut self, r: &CredentialRecord) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO credentials (id, org_id, key_id, {CRED_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) ON CONFLICT DO NOTHING"
+        );
+        let (org, key) = (self.org_id, self.key_id);
+        let n = on_tx!(&mut self.inner, c => {
+            sqlx::query(&sql)
+                .bind(Uuid::now_v7()).bind(org).bind(key)
+                .bind(&r.credential_id).bind(&r.rp_id).bind(&r.rp_id_hash).bind(&r.rp_name)
+                .bind(&r.user_handle).bind(&r.user_name).bind(&r.user_display_name).bind(r.alg)
+                .bind(&r.public_key_cose).bind(&r.sealed_private_key).bind(&r.sealed_cred_random)
+                .bind(r.discoverable).bind(r.cred_protect).bind(&r.cred_blob).bind(r.sign_count)
+                .bind(r.backup_eligible).bind(r.backup_state).bind(r.created_at).bind(&r.created_by)
+                .bind(&r.via)
+                .execute(&mut *c).await?.rows_affected()
+        });
+        // DO NOTHING + a count instead of a failed INSERT: on PostgreSQL a failed statement would
+        // poison the whole transaction, and the caller may want to carry on.
+        if n == 0 {
+            Err(StoreError::Conflict(
+                "credential id already on this key".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub async fn update_credential_user(
+        &mut self,
+        credential_id: &[u8],
+        handle: &[u8],
+        name: Option<&str>,
+        display: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let (org, key) = (self.org_id, self.key_id);
+        let n = on_tx!(&mut self.inner, c => {
+            sqlx::query("UPDATE credentials SET user_handle = $1, user_name = $2, user_display_name = $3 \
+                         WHERE org_id = $4 AND key_id = $5 AND credential_id = $6")
+                .bind(handle).bind(name).bind(display).bind(org).bind(key).bind(credential_id)
+                .execute(&mut *c).await?.rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    pub async fn delete_credential(&mut self, credential_id: &[u8]) -> Result<bool, StoreError> {
+        let (org, key) = (self.org_id, self.key_id);
+        let n = on_tx!(&mut self.inner, c => {
+            sqlx::query("DELETE FROM credentials WHERE org_id = $1 AND key_id = $2 AND credential_id = $3")
+                .bind(org).bind(key).bind(credential_id).execute(&mut *c).await?.rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// Increments the credential's signature counter in this transaction and returns the new value.
+    pub async fn next_sign_count(&mut self, credential_id: &[u8]) -> Result<u32, StoreError> {
+        let (org, key) = (self.org_id, self.key_id);
+        let (count,): (i64,) = on_tx!(&mut self.inner, c => {
+            sqlx::query_as("UPDATE credentials SET sign_count = sign_count + 1 \
+                            WHERE org_id = $1 AND key_id = $2 AND credential_id = $3 RETURNING sign_count")
+                .bind(org).bind(key).bind(credential_id).fetch_one(&mut *c).await?
+        });
+        u32::try_from(count)
+            .map_err(|_| StoreError::Corrupt("signature counter out of range".into()))
+    }
+
+    /// Deletes every credential of the key (authenticatorReset, revocation).
+    pub async fn wipe_credentials(&mut self) -> Result<(), StoreError> {
+        let (org, key) = (self.org_id, self.key_id);
+        on_tx!(&mut self.inner, c => {
+            sqlx::query("DELETE FROM credentials WHERE org_id = $1 AND key_id = $2")
+                .bind(org).bind(key).execute(&mut *c).await?;
+        });
+        Ok(())
+    }
+
+    /// Appends an audit entry in this transaction: no key operation commits without its record.
+    pub async fn append_audit(
+        &mut self,
+        org_id: Uuid,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        crate::audit::append(&mut self.inner, org_id, actor, action, target, detail)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.inner.commit().await
+    }
+}

@@ -68,7 +68,9 @@ pub fn generate_ca(organisation: &str) -> Result<AttestationCa, Error> {
 }
 
 /// Issues a batch attestation certificate and key for `aaguid`, signed by `ca`.
-/// The returned chain is `[batch certificate, CA certificate]` (x5c order).
+/// The returned chain holds only the batch certificate: the CA is the trust anchor that relying
+/// parties configure out of band (its PEM is exported), and WebAuthn verifiers ignore a root sent
+/// in x5c anyway.
 pub fn issue_batch_certificate(
     ca: &AttestationCa,
     aaguid: [u8; 16],
@@ -100,7 +102,7 @@ pub fn issue_batch_certificate(
         .push(CustomExtension::from_oid_content(AAGUID_EXTENSION_OID, value));
     let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(cert_error)?;
     Ok(AttestationKey {
-        cert_chain_der: vec![cert.der().to_vec(), ca.cert_der.clone()],
+        cert_chain_der: vec![cert.der().to_vec()],
         pkcs8_der: Zeroizing::new(key.serialize_der()),
     })
 }

@@ -1,1 +1,12 @@
-//! The Keyward server: REST API, admin panel, relay, jobs
+//! The Keyward server: REST API, admin panel, relay, jobs.
+//!
+//! [`serve::run`] runs the HTTP server; [`api::router`] builds the authorised `/api/v1` routes from
+//! the route table; [`bootstrap`] holds the operations behind the bootstrap CLI.
+
+pub mod api;
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod serve;

@@ -1,0 +1,258 @@
+//! Security keys: assign, suspend, resume, revoke, status, credentials, and the CTAP endpoint.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use keyward_store::{NewSecurityKey, SecurityKeyRecord};
+use keyward_vault::KeyBinding;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{AppState, IdPath, Json, bytes_rejection};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult, Problem};
+
+/// Why a CTAP request could not be served (CTAP-level errors travel inside the response bytes).
+#[derive(Debug, thiserror::Error)]
+pub enum CtapError {
+    #[error("no such key")]
+    NotFound,
+    #[error("the key is not active")]
+    NotActive,
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The key-operations engine as the API sees it: one CTAP2 request in, one response out, durable
+/// and audited before it returns. Implemented by `keyops::KeyOps`.
+pub trait CtapService: Send + Sync {
+    fn ctap<'a>(
+        &'a self,
+        org_id: Uuid,
+        key_id: Uuid,
+        actor: &'a str,
+        request: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CtapError>> + Send + 'a>>;
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Key {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    /// `active`, `suspended` or `revoked`.
+    pub status: String,
+    /// The AAGUID, hex.
+    pub aaguid: String,
+    pub pin_set: bool,
+    pub pin_retries: i32,
+    pub force_pin_change: bool,
+}
+
+impl From<SecurityKeyRecord> for Key {
+    fn from(k: SecurityKeyRecord) -> Self {
+        Key {
+            id: k.id,
+            user_id: k.user_id,
+            status: k.status,
+            aaguid: hex::encode(k.aaguid),
+            pin_set: k.pin_verifier.is_some(),
+            pin_retries: k.pin_retries,
+            force_pin_change: k.force_pin_change,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssignedKey {
+    pub key_id: Uuid,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignMany {
+    pub user_ids: Vec<Uuid>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssignOutcome {
+    pub user_id: Uuid,
+    pub key_id: Option<Uuid>,
+    pub error: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssignManyResult {
+    pub items: Vec<AssignOutcome>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Credential {
+    pub id: Uuid,
+    pub rp_id: String,
+    pub user_name: Option<String>,
+    /// base64url without padding.
+    pub credential_id: String,
+    pub created_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    /// `automated`, `delegated` or `user`.
+    pub via: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CredentialList {
+    pub items: Vec<Credential>,
+}
+
+/// Creates a key for one user: a fresh data key from the vault, the row, the user's status and the
+/// audit entry in one transaction.
+async fn assign(s: &AppState, p: &Principal, user_id: Uuid) -> ApiResult<Uuid> {
+    let mut tx = s.store.begin().await?;
+    let user = tx.user(p.org_id, user_id).await?.ok_or(ApiError::NotFound)?;
+    if user.status == "disabled" {
+        return Err(ApiError::Conflict("the user is disabled".into()));
+    }
+    if user.key_id.is_some() {
+        return Err(ApiError::Conflict("the user already has a security key".into()));
+    }
+    let key_id = Uuid::now_v7();
+    let (wrapped_dek, kek_version) = s.vault.new_data_key(&KeyBinding { org_id: p.org_id, key_id })?;
+    let key = NewSecurityKey {
+        id: key_id,
+        aaguid: s.aaguid.to_vec(),
+        wrapped_dek,
+        kek_version,
+        min_pin_length: 4,
+        force_pin_change: false,
+    };
+    tx.insert_security_key(p.org_id, user_id, &key).await?;
+    tx.append_audit(p.org_id, &p.actor(), "key.assign", &format!("key:{key_id}"), json!({"user_id": user_id}))
+        .await?;
+    tx.commit().await?;
+    s.metrics.record_key_operation("assign", "ok");
+    Ok(key_id)
+}
+
+#[utoipa::path(post, path = "/api/v1/users/{id}/key", params(("id" = Uuid, Path)),
+    responses((status = 201, body = AssignedKey), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn assign_one(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<(StatusCode, axum::Json<AssignedKey>)> {
+    let key_id = assign(&s, &p, id).await?;
+    Ok((StatusCode::CREATED, axum::Json(AssignedKey { key_id })))
+}
+
+#[utoipa::path(post, path = "/api/v1/keys/assign", request_body = AssignMany,
+    responses((status = 200, body = AssignManyResult), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn assign_many(State(s): State<AppState>, p: Principal, Json(req): Json<AssignMany>) -> ApiResult<axum::Json<AssignManyResult>> {
+    if req.user_ids.is_empty() || req.user_ids.len() > 1000 {
+        return Err(ApiError::Unprocessable("user_ids must hold 1 to 1000 ids".into()));
+    }
+    let mut items = Vec::with_capacity(req.user_ids.len());
+    for user_id in req.user_ids {
+        match assign(&s, &p, user_id).await {
+            Ok(key_id) => items.push(AssignOutcome { user_id, key_id: Some(key_id), error: None }),
+            // A dependency failure stops the batch: later items would fail the same way.
+            Err(e @ ApiError::Unavailable(_)) => return Err(e),
+            Err(ApiError::NotFound) => items.push(AssignOutcome { user_id, key_id: None, error: Some("no such user".into()) }),
+            Err(e) => items.push(AssignOutcome { user_id, key_id: None, error: Some(e.to_string()) }),
+        }
+    }
+    Ok(axum::Json(AssignManyResult { items }))
+}
+
+#[utoipa::path(get, path = "/api/v1/keys/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Key), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn get_one(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<Key>> {
+    let key = s.store.key_by_id(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+    Ok(axum::Json(key.into()))
+}
+
+async fn transition(s: &AppState, p: &Principal, id: Uuid, from: &[&str], to: &str, action: &str) -> ApiResult<axum::Json<Key>> {
+    let current = s.store.key_by_id(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+    if !from.contains(&current.status.as_str()) {
+        return Err(ApiError::Conflict(format!("the key is {}", current.status)));
+    }
+    let mut tx = s.store.begin().await?;
+    tx.set_key_status(p.org_id, id, to).await?;
+    tx.append_audit(p.org_id, &p.actor(), action, &format!("key:{id}"), json!({"user_id": current.user_id, "from": current.status}))
+        .await?;
+    tx.commit().await?;
+    s.metrics.record_key_operation(action, "ok");
+    let key = s.store.key_by_id(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+    Ok(axum::Json(key.into()))
+}
+
+#[utoipa::path(post, path = "/api/v1/keys/{id}/suspend", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Key), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn suspend(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<Key>> {
+    transition(&s, &p, id, &["active"], "suspended", "key.suspend").await
+}
+
+#[utoipa::path(post, path = "/api/v1/keys/{id}/resume", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Key), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn resume(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<Key>> {
+    transition(&s, &p, id, &["suspended"], "active", "key.resume").await
+}
+
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Key), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn revoke(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<Key>> {
+    transition(&s, &p, id, &["active", "suspended"], "revoked", "key.revoke").await
+}
+
+#[utoipa::path(get, path = "/api/v1/users/{id}/credentials", params(("id" = Uuid, Path)),
+    responses((status = 200, body = CredentialList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn credentials(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<CredentialList>> {
+    s.store.user(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+    let items = s
+        .store
+        .credentials_of_user(p.org_id, id)
+        .await?
+        .into_iter()
+        .map(|c| Credential {
+            id: c.id,
+            rp_id: c.rp_id,
+            user_name: c.user_name,
+            credential_id: URL_SAFE_NO_PAD.encode(&c.credential_id),
+            created_at: c.created_at,
+            created_by: c.created_by,
+            via: c.via,
+        })
+        .collect();
+    Ok(axum::Json(CredentialList { items }))
+}
+
+#[utoipa::path(post, path = "/api/v1/keys/{id}/ctap", params(("id" = Uuid, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "One CTAP2 request: command byte then CBOR"),
+    responses((status = 200, content_type = "application/octet-stream", description = "The CTAP2 response: status byte then CBOR"),
+              (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn ctap(State(s): State<AppState>, p: Principal, IdPath(id): IdPath, req: Request) -> ApiResult<Response> {
+    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if ct != "application/octet-stream" {
+        return Err(ApiError::UnsupportedMediaType("expected application/octet-stream".into()));
+    }
+    let body = Bytes::from_request(req, &()).await.map_err(bytes_rejection)?;
+    if body.is_empty() || body.len() > 7609 {
+        // 7609 bytes is the CTAPHID maximum message size; nothing larger is a CTAP request.
+        return Err(ApiError::BadRequest("a CTAP request is 1 to 7609 bytes".into()));
+    }
+    s.store.key_by_id(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+    let engine = s.ctap.as_ref().ok_or_else(|| ApiError::NotImplemented("key operations are not enabled in this build".into()))?;
+    let result = engine.ctap(p.org_id, id, &p.actor(), body.to_vec()).await;
+    s.metrics.record_key_operation("ctap", if result.is_ok() { "ok" } else { "error" });
+    let bytes = result.map_err(|e| match e {
+        CtapError::NotFound => ApiError::NotFound,
+        CtapError::NotActive => ApiError::Conflict("the key is not active".into()),
+        CtapError::Unavailable(d) => ApiError::Unavailable(d),
+    })?;
+    let mut resp = bytes.into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    Ok(resp)
+}

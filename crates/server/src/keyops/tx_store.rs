@@ -1,0 +1,323 @@
+//! The engine's synchronous [`Store`] over one key operation's database transaction.
+//!
+//! The engine runs on a blocking thread (`spawn_blocking`) and each trait call drives one async
+//! [`KeyTx`] call to completion with [`Handle::block_on`]. Everything the engine writes goes into
+//! the operation's transaction, which the caller commits together with the audit entry *before*
+//! the CTAP response is released: "durable when it returns" holds for anything the host can see.
+//!
+//! The exception is [`Store::spend_pin_retry`]: a spent retry must survive even if the operation
+//! later fails or the process dies while comparing, so it commits the transaction so far and
+//! re-opens (and re-locks) the key.
+
+use keyward_authenticator::{KeyState, StoreError, StoredCredential, UserEntity};
+use keyward_store::{CredentialRecord, KeyTx, SecurityKeyRecord};
+use tokio::runtime::Handle;
+use uuid::Uuid;
+
+/// What the operation did, for its audit entry.
+#[derive(Default, Debug)]
+pub(super) struct Effects {
+    /// (rp id, user name, credential id) of credentials created.
+    pub created: Vec<(String, Option<String>, Vec<u8>)>,
+    /// (credential id, new counter) of signatures released.
+    pub signed: Vec<(Vec<u8>, u32)>,
+    pub deleted: Vec<Vec<u8>>,
+    pub pin_state_changed: bool,
+    pub pin_retry_spent: bool,
+    pub wiped: bool,
+}
+
+pub(super) struct TxStore {
+    handle: Handle,
+    store: keyward_store::Store,
+    org_id: Uuid,
+    key_id: Uuid,
+    tx: Option<KeyTx>,
+    /// The key row as last read or written in this operation.
+    rec: SecurityKeyRecord,
+    actor: String,
+    via: &'static str,
+    pub(super) effects: Effects,
+    /// The first storage failure: the operation must then be rolled back and refused.
+    pub(super) failure: Option<keyward_store::StoreError>,
+}
+
+/// Runs one `KeyTx` call on the runtime, recording a failure so the caller can refuse the result.
+macro_rules! on_tx {
+    ($s:ident, $tx:ident => $call:expr) => {{
+        match $s.tx.as_mut() {
+            None => Err($s.fail(keyward_store::StoreError::Invalid("key transaction is closed".into()))),
+            Some($tx) => {
+                let r = $s.handle.block_on($call);
+                r.map_err(|e| $s.fail(e))
+            }
+        }
+    }};
+}
+
+impl TxStore {
+    pub(super) fn new(
+        handle: Handle,
+        store: keyward_store::Store,
+        tx: KeyTx,
+        rec: SecurityKeyRecord,
+        actor: &str,
+        via: &'static str,
+    ) -> Self {
+        TxStore {
+            handle,
+            store,
+            org_id: rec.org_id,
+            key_id: rec.id,
+            tx: Some(tx),
+            rec,
+            actor: actor.to_owned(),
+            via,
+            effects: Effects::default(),
+            failure: None,
+        }
+    }
+
+    /// Hands the transaction back for the audit entry and commit.
+    pub(super) fn into_parts(self) -> (Option<KeyTx>, Effects, Option<keyward_store::StoreError>) {
+        (self.tx, self.effects, self.failure)
+    }
+
+    fn fail(&mut self, e: keyward_store::StoreError) -> StoreError {
+        let msg = e.to_string();
+        tracing::error!(org_id = %self.org_id, key_id = %self.key_id, error = %msg, "key operation storage failure");
+        if self.failure.is_none() {
+            self.failure = Some(e);
+        }
+        StoreError::Unavailable(msg)
+    }
+
+    fn corrupt(&mut self, what: &str) -> StoreError {
+        self.fail(keyward_store::StoreError::Corrupt(what.to_owned()))
+    }
+
+    fn to_stored(&mut self, r: CredentialRecord) -> Result<StoredCredential, StoreError> {
+        stored_from_record(r).map_err(|what| self.corrupt(what))
+    }
+
+    fn to_stored_all(&mut self, rs: Vec<CredentialRecord>) -> Result<Vec<StoredCredential>, StoreError> {
+        rs.into_iter().map(|r| self.to_stored(r)).collect()
+    }
+}
+
+pub(super) fn state_from_record(r: &SecurityKeyRecord) -> Result<KeyState, &'static str> {
+    let pin_verifier = match &r.pin_verifier {
+        None => None,
+        Some(v) => Some(<[u8; 32]>::try_from(v.as_slice()).map_err(|_| "pin verifier length")?),
+    };
+    let small = |v: i32, what: &'static str| u8::try_from(v).map_err(|_| what);
+    Ok(KeyState {
+        pin_verifier,
+        pin_code_points: small(r.pin_code_points, "pin length")?,
+        pin_retries: small(r.pin_retries, "pin retries")?,
+        consecutive_pin_failures: small(r.consecutive_pin_failures, "pin failures")?,
+        min_pin_length: small(r.min_pin_length, "min pin length")?,
+        min_pin_length_rp_ids: r.min_pin_length_rp_ids.clone(),
+        force_pin_change: r.force_pin_change,
+        always_uv: r.always_uv,
+    })
+}
+
+pub(super) fn apply_state(r: &mut SecurityKeyRecord, s: &KeyState) {
+    r.pin_verifier = s.pin_verifier.map(|v| v.to_vec());
+    r.pin_code_points = i32::from(s.pin_code_points);
+    r.pin_retries = i32::from(s.pin_retries);
+    r.consecutive_pin_failures = i32::from(s.consecutive_pin_failures);
+    r.min_pin_length = i32::from(s.min_pin_length);
+    r.min_pin_length_rp_ids = s.min_pin_length_rp_ids.clone();
+    r.force_pin_change = s.force_pin_change;
+    r.always_uv = s.always_uv;
+}
+
+fn stored_from_record(r: CredentialRecord) -> Result<StoredCredential, &'static str> {
+    Ok(StoredCredential {
+        rp_id_hash: <[u8; 32]>::try_from(r.rp_id_hash.as_slice()).map_err(|_| "rp id hash length")?,
+        id: r.credential_id,
+        rp_id: r.rp_id,
+        rp_name: r.rp_name,
+        user: UserEntity { id: r.user_handle, name: r.user_name, display_name: r.user_display_name },
+        alg: r.alg,
+        public_key_cose: r.public_key_cose,
+        sealed_private_key: r.sealed_private_key,
+        sealed_cred_random: r.sealed_cred_random,
+        discoverable: r.discoverable,
+        cred_protect: u8::try_from(r.cred_protect).map_err(|_| "cred protect")?,
+        cred_blob: r.cred_blob,
+        sign_count: u32::try_from(r.sign_count).map_err(|_| "sign count")?,
+        backup_eligible: r.backup_eligible,
+        backup_state: r.backup_state,
+        created_at_ms: u64::try_from(r.created_at.timestamp_millis()).unwrap_or(0),
+    })
+}
+
+fn record_from_stored(c: &StoredCredential, actor: &str, via: &str) -> CredentialRecord {
+    CredentialRecord {
+        credential_id: c.id.clone(),
+        rp_id: c.rp_id.clone(),
+        rp_id_hash: c.rp_id_hash.to_vec(),
+        rp_name: c.rp_name.clone(),
+        user_handle: c.user.id.clone(),
+        user_name: c.user.name.clone(),
+        user_display_name: c.user.display_name.clone(),
+        alg: c.alg,
+        public_key_cose: c.public_key_cose.clone(),
+        sealed_private_key: c.sealed_private_key.clone(),
+        sealed_cred_random: c.sealed_cred_random.clone(),
+        discoverable: c.discoverable,
+        cred_protect: i32::from(c.cred_protect),
+        cred_blob: c.cred_blob.clone(),
+        sign_count: i64::from(c.sign_count),
+        backup_eligible: c.backup_eligible,
+        backup_state: c.backup_state,
+        // The engine's clock is monotonic, not wall time; the row records when it was stored.
+        created_at: keyward_store::now(),
+        created_by: Some(actor.to_owned()),
+        via: via.to_owned(),
+    }
+}
+
+impl keyward_authenticator::Store for TxStore {
+    fn load_state(&mut self) -> Result<KeyState, StoreError> {
+        let rec = on_tx!(self, tx => tx.key())?;
+        let state = state_from_record(&rec).map_err(|what| self.corrupt(what))?;
+        self.rec = rec;
+        Ok(state)
+    }
+
+    fn save_state(&mut self, state: &KeyState) -> Result<(), StoreError> {
+        let mut rec = self.rec.clone();
+        apply_state(&mut rec, state);
+        on_tx!(self, tx => tx.save_key_state(&rec))?;
+        self.rec = rec;
+        self.effects.pin_state_changed = true;
+        Ok(())
+    }
+
+    fn spend_pin_retry(&mut self) -> Result<KeyState, StoreError> {
+        let mut state = self.load_state()?;
+        state.pin_retries = state.pin_retries.saturating_sub(1);
+        state.consecutive_pin_failures = state.consecutive_pin_failures.saturating_add(1);
+        let mut rec = self.rec.clone();
+        apply_state(&mut rec, &state);
+        on_tx!(self, tx => tx.save_key_state(&rec))?;
+        let detail = serde_json::json!({ "pin_retries": state.pin_retries });
+        let (org, actor, target) = (self.org_id, self.actor.clone(), format!("key:{}", self.key_id));
+        on_tx!(self, tx => tx.append_audit(org, &actor, "key.pin_retry_spent", &target, detail))?;
+        // Commit now: a crash between here and the comparison must not give the retry back.
+        let tx = self.tx.take();
+        if let Some(tx) = tx {
+            let committed = self.handle.block_on(tx.commit());
+            committed.map_err(|e| self.fail(e))?;
+        }
+        // Take the key's lock again for the rest of the operation and re-read its state, which
+        // another replica may have changed in between.
+        let reopened = self.handle.block_on(self.store.begin_key(self.org_id, self.key_id));
+        self.tx = Some(reopened.map_err(|e| self.fail(e))?);
+        self.effects.pin_retry_spent = true;
+        self.load_state()
+    }
+
+    fn credentials_for_rp(&mut self, rp_id_hash: &[u8; 32]) -> Result<Vec<StoredCredential>, StoreError> {
+        let rs = on_tx!(self, tx => tx.credentials_for_rp(rp_id_hash))?;
+        self.to_stored_all(rs)
+    }
+
+    fn credential(&mut self, id: &[u8]) -> Result<Option<StoredCredential>, StoreError> {
+        match on_tx!(self, tx => tx.credential(id))? {
+            Some(r) => self.to_stored(r).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn discoverable_credentials(&mut self) -> Result<Vec<StoredCredential>, StoreError> {
+        let rs = on_tx!(self, tx => tx.discoverable_credentials())?;
+        self.to_stored_all(rs)
+    }
+
+    fn insert_credential(&mut self, cred: &StoredCredential) -> Result<(), StoreError> {
+        let rec = record_from_stored(cred, &self.actor, self.via);
+        on_tx!(self, tx => tx.insert_credential(&rec))?;
+        self.effects.created.push((cred.rp_id.clone(), cred.user.name.clone(), cred.id.clone()));
+        Ok(())
+    }
+
+    fn update_user(&mut self, id: &[u8], user: &UserEntity) -> Result<bool, StoreError> {
+        on_tx!(self, tx => tx.update_credential_user(id, &user.id, user.name.as_deref(), user.display_name.as_deref()))
+    }
+
+    fn delete_credential(&mut self, id: &[u8]) -> Result<bool, StoreError> {
+        let deleted = on_tx!(self, tx => tx.delete_credential(id))?;
+        if deleted {
+            self.effects.deleted.push(id.to_vec());
+        }
+        Ok(deleted)
+    }
+
+    fn next_sign_count(&mut self, id: &[u8]) -> Result<u32, StoreError> {
+        let n = on_tx!(self, tx => tx.next_sign_count(id))?;
+        self.effects.signed.push((id.to_vec(), n));
+        Ok(n)
+    }
+
+    fn wipe(&mut self) -> Result<(), StoreError> {
+        on_tx!(self, tx => tx.wipe_credentials())?;
+        // A reset key keeps its row (and data key) but forgets its PIN and options.
+        self.save_state(&KeyState::default())?;
+        self.effects.wiped = true;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> SecurityKeyRecord {
+        SecurityKeyRecord {
+            id: Uuid::from_u128(1),
+            org_id: Uuid::from_u128(2),
+            user_id: Uuid::from_u128(3),
+            status: "active".into(),
+            aaguid: vec![0; 16],
+            wrapped_dek: vec![],
+            kek_version: 1,
+            pin_verifier: Some(vec![7; 32]),
+            pin_code_points: 6,
+            pin_retries: 5,
+            consecutive_pin_failures: 1,
+            min_pin_length: 4,
+            min_pin_length_rp_ids: vec!["example.com".into()],
+            force_pin_change: true,
+            always_uv: false,
+        }
+    }
+
+    #[test]
+    fn key_state_round_trips_through_the_row() {
+        let r = rec();
+        let s = state_from_record(&r).expect("state");
+        assert_eq!(s.pin_verifier, Some([7; 32]));
+        let mut back = rec();
+        back.pin_retries = 0;
+        apply_state(&mut back, &s);
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn corrupt_rows_are_refused() {
+        let mut r = rec();
+        r.pin_verifier = Some(vec![1; 31]);
+        assert!(state_from_record(&r).is_err());
+        let mut r = rec();
+        r.pin_retries = 300;
+        assert!(state_from_record(&r).is_err());
+        let mut r = rec();
+        r.pin_retries = -1;
+        assert!(state_from_record(&r).is_err());
+    }
+}

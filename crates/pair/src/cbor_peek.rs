@@ -143,11 +143,23 @@ mod tests {
 
     #[test]
     fn reads_up_option() {
-        assert_eq!(get_assertion_up(&ga(&[0xa1, 0x62, b'u', b'p', 0xf4])), Some(false));
-        assert_eq!(get_assertion_up(&ga(&[0xa1, 0x62, b'u', b'p', 0xf5])), Some(true));
+        assert_eq!(
+            get_assertion_up(&ga(&[0xa1, 0x62, b'u', b'p', 0xf4])),
+            Some(false)
+        );
+        assert_eq!(
+            get_assertion_up(&ga(&[0xa1, 0x62, b'u', b'p', 0xf5])),
+            Some(true)
+        );
         // {"uv": false, "up": false}: sorted keys, up after uv? ("up" < "uv"), either order read.
-        assert_eq!(get_assertion_up(&ga(&[0xa2, 0x62, b'u', b'v', 0xf4, 0x62, b'u', b'p', 0xf4])), Some(false));
-        assert_eq!(get_assertion_up(&ga(&[0xa1, 0x62, b'u', b'v', 0xf5])), Some(true));
+        assert_eq!(
+            get_assertion_up(&ga(&[0xa2, 0x62, b'u', b'v', 0xf4, 0x62, b'u', b'p', 0xf4])),
+            Some(false)
+        );
+        assert_eq!(
+            get_assertion_up(&ga(&[0xa1, 0x62, b'u', b'v', 0xf5])),
+            Some(true)
+        );
     }
 
     #[test]
@@ -162,6 +174,11 @@ mod tests {
         // A map claiming more entries than there are bytes.
         assert_eq!(get_assertion_up(&[0xa5, 0x01]), None);
         // A huge byte string length must not overflow or panic.
-        assert_eq!(get_assertion_up(&[0xa1, 0x02, 0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(
+            get_assertion_up(&[
+                0xa1, 0x02, 0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff
+            ]),
+            None
+        );
     }
 }

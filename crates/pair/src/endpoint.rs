@@ -116,7 +116,14 @@ pub struct Endpoint<H: LocalHid> {
 
 impl<H: LocalHid> Endpoint<H> {
     pub fn new(hid: H, presence: PresenceMode) -> Self {
-        Self { hid, presence, attached: None, relay_up: false, pending: None, next_id: 1 }
+        Self {
+            hid,
+            presence,
+            attached: None,
+            relay_up: false,
+            pending: None,
+            next_id: 1,
+        }
     }
 
     /// The key connected right now, if any.
@@ -139,7 +146,9 @@ impl<H: LocalHid> Endpoint<H> {
     pub fn tick(&mut self, now_ms: u64) -> Vec<Action> {
         let events = self.hid.poll(now_ms);
         let mut out = self.on_hid_events(now_ms, events);
-        let Some(p) = self.pending.as_mut() else { return out };
+        let Some(p) = self.pending.as_mut() else {
+            return out;
+        };
         let limit = match p.phase {
             Phase::AwaitingPresence { .. } => PRESENCE_TIMEOUT_MS,
             Phase::AwaitingServer => SERVER_TIMEOUT_MS,
@@ -178,11 +187,15 @@ impl<H: LocalHid> Endpoint<H> {
 
     /// The local user's answer to [`Action::AskPresence`].
     pub fn on_presence(&mut self, now_ms: u64, ticket: u64, approved: bool) -> Vec<Action> {
-        let Some(p) = self.pending.as_mut() else { return Vec::new() };
+        let Some(p) = self.pending.as_mut() else {
+            return Vec::new();
+        };
         if p.id != ticket {
             return Vec::new(); // answered too late: that request already ended
         }
-        let Phase::AwaitingPresence { payload } = std::mem::replace(&mut p.phase, Phase::AwaitingServer) else {
+        let Phase::AwaitingPresence { payload } =
+            std::mem::replace(&mut p.phase, Phase::AwaitingServer)
+        else {
             return Vec::new();
         };
         if !approved {
@@ -190,20 +203,37 @@ impl<H: LocalHid> Endpoint<H> {
         }
         p.status = KEEPALIVE_PROCESSING;
         p.started_ms = now_ms;
-        vec![Action::Relay(ClientMessage::Ctap { id: p.id, payload, user_present: true })]
+        vec![Action::Relay(ClientMessage::Ctap {
+            id: p.id,
+            payload,
+            user_present: true,
+        })]
     }
 
     fn on_server(&mut self, msg: ServerMessage) -> Vec<Action> {
         match msg {
-            ServerMessage::Attach { key_id, session_id, mode, .. } => {
+            ServerMessage::Attach {
+                key_id,
+                session_id,
+                mode,
+                ..
+            } => {
                 // A new attach is a power cycle of the (new) key: whatever was pending belonged to
                 // the previous one.
                 let out = self.fail_pending();
-                self.attached = Some(Attachment { key_id, session_id, mode });
+                self.attached = Some(Attachment {
+                    key_id,
+                    session_id,
+                    mode,
+                });
                 out
             }
             ServerMessage::Detach { session_id, .. } => {
-                if self.attached.as_ref().is_some_and(|a| a.session_id == session_id) {
+                if self
+                    .attached
+                    .as_ref()
+                    .is_some_and(|a| a.session_id == session_id)
+                {
                     self.attached = None;
                     return self.fail_pending();
                 }
@@ -246,7 +276,9 @@ impl<H: LocalHid> Endpoint<H> {
                         out.extend(self.finish(&[CTAP2_ERR_KEEPALIVE_CANCEL]));
                     }
                 }
-                HidEvent::Request { cid, cmd, payload } => out.extend(self.on_request(now_ms, cid, cmd, payload)),
+                HidEvent::Request { cid, cmd, payload } => {
+                    out.extend(self.on_request(now_ms, cid, cmd, payload))
+                }
             }
         }
         out
@@ -255,7 +287,12 @@ impl<H: LocalHid> Endpoint<H> {
     fn on_request(&mut self, now_ms: u64, cid: u32, cmd: u8, payload: Vec<u8>) -> Vec<Action> {
         if cmd != HID_CMD_CBOR {
             // Only CTAP2 is relayed (the device advertises NMSG).
-            return self.hid.respond(cid, HID_CMD_ERROR, &[HID_ERR_INVALID_CMD]).into_iter().map(Action::Report).collect();
+            return self
+                .hid
+                .respond(cid, HID_CMD_ERROR, &[HID_ERR_INVALID_CMD])
+                .into_iter()
+                .map(Action::Report)
+                .collect();
         }
         if self.pending.is_some() {
             // The HID layer serialises requests, so this is a bug there; answer rather than lose it.
@@ -287,11 +324,19 @@ impl<H: LocalHid> Endpoint<H> {
             status: KEEPALIVE_PROCESSING,
         });
         let user_present = self.presence == PresenceMode::Auto;
-        vec![Action::Relay(ClientMessage::Ctap { id, payload, user_present })]
+        vec![Action::Relay(ClientMessage::Ctap {
+            id,
+            payload,
+            user_present,
+        })]
     }
 
     fn respond_now(&mut self, cid: u32, payload: &[u8]) -> Vec<Action> {
-        self.hid.respond(cid, HID_CMD_CBOR, payload).into_iter().map(Action::Report).collect()
+        self.hid
+            .respond(cid, HID_CMD_CBOR, payload)
+            .into_iter()
+            .map(Action::Report)
+            .collect()
     }
 
     /// Answers the pending request with `payload` and frees the device.

@@ -199,7 +199,10 @@ impl ErrorCode {
     pub fn is_fatal(self) -> bool {
         matches!(
             self,
-            ErrorCode::UnknownDevice | ErrorCode::Revoked | ErrorCode::BadSignature | ErrorCode::UnsupportedVersion
+            ErrorCode::UnknownDevice
+                | ErrorCode::Revoked
+                | ErrorCode::BadSignature
+                | ErrorCode::UnsupportedVersion
         )
     }
 }
@@ -251,7 +254,9 @@ pub mod b64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        URL_SAFE_NO_PAD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+        URL_SAFE_NO_PAD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -261,16 +266,32 @@ mod tests {
 
     #[test]
     fn ctap_message_uses_base64url_without_padding() {
-        let m = ClientMessage::Ctap { id: 7, payload: vec![0x04, 0xff, 0xfe], user_present: true };
+        let m = ClientMessage::Ctap {
+            id: 7,
+            payload: vec![0x04, 0xff, 0xfe],
+            user_present: true,
+        };
         let json = serde_json::to_string(&m).expect("serialise");
-        assert_eq!(json, r#"{"type":"ctap","id":7,"payload":"BP_-","user_present":true}"#);
-        assert_eq!(serde_json::from_str::<ClientMessage>(&json).expect("parse"), m);
+        assert_eq!(
+            json,
+            r#"{"type":"ctap","id":7,"payload":"BP_-","user_present":true}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<ClientMessage>(&json).expect("parse"),
+            m
+        );
     }
 
     #[test]
     fn padded_or_standard_base64_is_rejected() {
-        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"ctap","id":1,"payload":"BP/+"}"#).is_err());
-        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"ctap","id":1,"payload":"BA=="}"#).is_err());
+        assert!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"ctap","id":1,"payload":"BP/+"}"#)
+                .is_err()
+        );
+        assert!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"ctap","id":1,"payload":"BA=="}"#)
+                .is_err()
+        );
     }
 
     #[test]
@@ -296,7 +317,11 @@ mod tests {
 
     #[test]
     fn activation_code_is_not_in_debug_output() {
-        let r = ActivateRequest { code: "SECRET-CODE".into(), public_key: vec![4; 65], name: "pc".into() };
+        let r = ActivateRequest {
+            code: "SECRET-CODE".into(),
+            public_key: vec![4; 65],
+            name: "pc".into(),
+        };
         assert!(!format!("{r:?}").contains("SECRET"));
     }
 }

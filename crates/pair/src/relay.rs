@@ -16,7 +16,9 @@ use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use crate::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, Principal, ServerMessage, auth_message};
+use crate::protocol::{
+    ClientMessage, ErrorCode, PROTOCOL_VERSION, Principal, ServerMessage, auth_message,
+};
 use crate::state::DeviceKey;
 use crate::tls::{PinVerifier, pinned_config};
 
@@ -32,7 +34,9 @@ const DEAD_AFTER: Duration = Duration::from_secs(60);
 /// Why the relay stopped for good (no retry can help).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
-    #[error("the server refused this device ({code:?}): {message}. Run `keyward-pair login` (or `activate`) again.")]
+    #[error(
+        "the server refused this device ({code:?}): {message}. Run `keyward-pair login` (or `activate`) again."
+    )]
     Rejected { code: ErrorCode, message: String },
     #[error(
         "the server presented a certificate with SHA-256 {seen}, but this tool pinned {expected}. \
@@ -48,9 +52,14 @@ pub enum RelayError {
 /// What the relay tells the local endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayEvent {
-    Connected { principal: Principal },
+    Connected {
+        principal: Principal,
+    },
     /// The connection is gone; the client retries after `retry_in`.
-    Disconnected { reason: String, retry_in: Duration },
+    Disconnected {
+        reason: String,
+        retry_in: Duration,
+    },
     /// `attach`, `detach`, `ctap_result` or `keepalive` from the server.
     Message(ServerMessage),
     /// The relay stopped for good.
@@ -66,7 +75,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { initial: Duration::from_millis(250), max: Duration::from_secs(30) }
+        Self {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(30),
+        }
     }
 }
 
@@ -100,7 +112,13 @@ impl RelayClient {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::channel(64);
         let task = tokio::spawn(run(config, out_rx, ev_tx));
-        (Self { outbound: out_tx, task }, ev_rx)
+        (
+            Self {
+                outbound: out_tx,
+                task,
+            },
+            ev_rx,
+        )
     }
 
     /// Queues a message for the server (dropped if the relay is down).
@@ -117,7 +135,11 @@ enum AttemptError {
     Fatal(RelayError),
 }
 
-async fn run(config: RelayConfig, mut outbound: mpsc::UnboundedReceiver<ClientMessage>, events: mpsc::Sender<RelayEvent>) {
+async fn run(
+    config: RelayConfig,
+    mut outbound: mpsc::UnboundedReceiver<ClientMessage>,
+    events: mpsc::Sender<RelayEvent>,
+) {
     let mut delay = config.backoff.initial;
     loop {
         // Requests queued for a previous connection belong to a previous power cycle.
@@ -125,7 +147,11 @@ async fn run(config: RelayConfig, mut outbound: mpsc::UnboundedReceiver<ClientMe
         let reason = match connect(&config).await {
             Ok((ws, principal)) => {
                 delay = config.backoff.initial;
-                if events.send(RelayEvent::Connected { principal }).await.is_err() {
+                if events
+                    .send(RelayEvent::Connected { principal })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 match session(ws, &mut outbound, &events).await {
@@ -143,7 +169,11 @@ async fn run(config: RelayConfig, mut outbound: mpsc::UnboundedReceiver<ClientMe
             }
         };
         let retry_in = jitter(delay);
-        if events.send(RelayEvent::Disconnected { reason, retry_in }).await.is_err() {
+        if events
+            .send(RelayEvent::Disconnected { reason, retry_in })
+            .await
+            .is_err()
+        {
             return;
         }
         tokio::time::sleep(retry_in).await;
@@ -172,20 +202,32 @@ async fn connect(config: &RelayConfig) -> Result<(Ws, Principal), AttemptError> 
 async fn open(config: &RelayConfig) -> Result<(Ws, Option<Arc<PinVerifier>>), AttemptError> {
     let (connector, verifier) = match &config.cert_pin {
         Some(pin) if config.url.starts_with("wss://") => {
-            let (cfg, v) = pinned_config(pin).map_err(|e| AttemptError::Fatal(RelayError::Config(e.to_string())))?;
+            let (cfg, v) = pinned_config(pin)
+                .map_err(|e| AttemptError::Fatal(RelayError::Config(e.to_string())))?;
             (Some(Connector::Rustls(cfg)), Some(v))
         }
         _ => (None, None),
     };
-    let attempt = tokio_tungstenite::connect_async_tls_with_config(config.url.as_str(), None, true, connector);
+    let attempt = tokio_tungstenite::connect_async_tls_with_config(
+        config.url.as_str(),
+        None,
+        true,
+        connector,
+    );
     match timeout(STEP_TIMEOUT, attempt).await {
-        Err(_) => Err(AttemptError::Retry(format!("no answer from {} within {STEP_TIMEOUT:?}", config.url))),
+        Err(_) => Err(AttemptError::Retry(format!(
+            "no answer from {} within {STEP_TIMEOUT:?}",
+            config.url
+        ))),
         Ok(Ok((ws, _response))) => Ok((ws, verifier)),
         Ok(Err(e)) => {
             if let (Some(v), Some(expected)) = (&verifier, &config.cert_pin)
                 && let Some(seen) = v.mismatch_seen()
             {
-                return Err(AttemptError::Fatal(RelayError::CertificateMismatch { expected: expected.clone(), seen }));
+                return Err(AttemptError::Fatal(RelayError::CertificateMismatch {
+                    expected: expected.clone(),
+                    seen,
+                }));
             }
             Err(AttemptError::Retry(describe_connect_error(&config.url, &e)))
         }
@@ -210,24 +252,46 @@ fn describe_connect_error(url: &str, e: &tokio_tungstenite::tungstenite::Error) 
 async fn recv_server(ws: &mut Ws) -> Result<ServerMessage, AttemptError> {
     loop {
         let frame = match timeout(STEP_TIMEOUT, ws.next()).await {
-            Err(_) => return Err(AttemptError::Retry("the server did not answer the login handshake".into())),
-            Ok(None) => return Err(AttemptError::Retry("the server closed the connection during login".into())),
-            Ok(Some(Err(e))) => return Err(AttemptError::Retry(format!("relay connection failed during login: {e}"))),
+            Err(_) => {
+                return Err(AttemptError::Retry(
+                    "the server did not answer the login handshake".into(),
+                ));
+            }
+            Ok(None) => {
+                return Err(AttemptError::Retry(
+                    "the server closed the connection during login".into(),
+                ));
+            }
+            Ok(Some(Err(e))) => {
+                return Err(AttemptError::Retry(format!(
+                    "relay connection failed during login: {e}"
+                )));
+            }
             Ok(Some(Ok(f))) => f,
         };
         match frame {
             Message::Text(t) => {
-                return serde_json::from_str(t.as_str())
-                    .map_err(|e| AttemptError::Retry(format!("the server sent an unexpected message: {e}")));
+                return serde_json::from_str(t.as_str()).map_err(|e| {
+                    AttemptError::Retry(format!("the server sent an unexpected message: {e}"))
+                });
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-            Message::Binary(_) => return Err(AttemptError::Retry("the server sent a binary frame".into())),
-            Message::Close(_) => return Err(AttemptError::Retry("the server closed the connection during login".into())),
+            Message::Binary(_) => {
+                return Err(AttemptError::Retry("the server sent a binary frame".into()));
+            }
+            Message::Close(_) => {
+                return Err(AttemptError::Retry(
+                    "the server closed the connection during login".into(),
+                ));
+            }
         }
     }
 }
 
-async fn send_client(ws: &mut Ws, msg: &ClientMessage) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+async fn send_client(
+    ws: &mut Ws,
+    msg: &ClientMessage,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let text = serde_json::to_string(msg).expect("invariant: relay messages always serialise");
     ws.send(Message::text(text)).await
 }
@@ -236,17 +300,28 @@ fn rejected(code: ErrorCode, message: String) -> AttemptError {
     if code.is_fatal() {
         AttemptError::Fatal(RelayError::Rejected { code, message })
     } else {
-        AttemptError::Retry(format!("the server refused the connection ({code:?}): {message}"))
+        AttemptError::Retry(format!(
+            "the server refused the connection ({code:?}): {message}"
+        ))
     }
 }
 
 async fn authenticate(ws: &mut Ws, config: &RelayConfig) -> Result<Principal, AttemptError> {
-    let hello = ClientMessage::Hello { version: PROTOCOL_VERSION, device_id: config.device_id.clone() };
-    send_client(ws, &hello).await.map_err(|e| AttemptError::Retry(format!("relay send failed: {e}")))?;
+    let hello = ClientMessage::Hello {
+        version: PROTOCOL_VERSION,
+        device_id: config.device_id.clone(),
+    };
+    send_client(ws, &hello)
+        .await
+        .map_err(|e| AttemptError::Retry(format!("relay send failed: {e}")))?;
     let nonce = match recv_server(ws).await? {
         ServerMessage::Challenge { nonce } => nonce,
         ServerMessage::Error { code, message } => return Err(rejected(code, message)),
-        other => return Err(AttemptError::Retry(format!("expected a challenge, got {other:?}"))),
+        other => {
+            return Err(AttemptError::Retry(format!(
+                "expected a challenge, got {other:?}"
+            )));
+        }
     };
     let signature = config.key.sign(&auth_message(&config.device_id, &nonce));
     send_client(ws, &ClientMessage::Response { signature })
@@ -255,7 +330,9 @@ async fn authenticate(ws: &mut Ws, config: &RelayConfig) -> Result<Principal, At
     match recv_server(ws).await? {
         ServerMessage::Welcome { principal, .. } => Ok(principal),
         ServerMessage::Error { code, message } => Err(rejected(code, message)),
-        other => Err(AttemptError::Retry(format!("expected a welcome, got {other:?}"))),
+        other => Err(AttemptError::Retry(format!(
+            "expected a welcome, got {other:?}"
+        ))),
     }
 }
 
@@ -324,14 +401,18 @@ pub async fn logout(config: &RelayConfig) -> Result<(), String> {
         Err(AttemptError::Retry(r)) => return Err(r),
         Err(AttemptError::Fatal(f)) => return Err(f.to_string()),
     };
-    send_client(&mut ws, &ClientMessage::Logout).await.map_err(|e| format!("relay send failed: {e}"))?;
+    send_client(&mut ws, &ClientMessage::Logout)
+        .await
+        .map_err(|e| format!("relay send failed: {e}"))?;
     loop {
         match recv_server(&mut ws).await {
             Ok(ServerMessage::LoggedOut) => {
                 let _ = ws.close(None).await;
                 return Ok(());
             }
-            Ok(ServerMessage::Error { code, message }) => return Err(format!("the server refused ({code:?}): {message}")),
+            Ok(ServerMessage::Error { code, message }) => {
+                return Err(format!("the server refused ({code:?}): {message}"));
+            }
             Ok(_) => continue,
             Err(AttemptError::Retry(r)) => return Err(r),
             Err(AttemptError::Fatal(f)) => return Err(f.to_string()),

@@ -58,7 +58,9 @@ pub struct DeviceKey {
 
 impl std::fmt::Debug for DeviceKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceKey").field("public_key", &hex_lower(self.public_key())).finish_non_exhaustive()
+        f.debug_struct("DeviceKey")
+            .field("public_key", &hex_lower(self.public_key()))
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,7 +76,9 @@ impl DeviceKey {
     }
 
     fn from_pkcs8(der: &[u8]) -> Option<Self> {
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der).ok().map(|pair| Self { pair })
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der)
+            .ok()
+            .map(|pair| Self { pair })
     }
 
     /// The uncompressed SEC1 public point (65 bytes) registered with the server.
@@ -87,7 +91,11 @@ impl DeviceKey {
         let rng = SystemRandom::new();
         // Signing with a valid key and the system RNG only fails if the RNG is broken, in which
         // case no signature can be trusted and stopping is right.
-        self.pair.sign(&rng, message).expect("invariant: system RNG available for ECDSA signing").as_ref().to_vec()
+        self.pair
+            .sign(&rng, message)
+            .expect("invariant: system RNG available for ECDSA signing")
+            .as_ref()
+            .to_vec()
     }
 }
 
@@ -102,7 +110,11 @@ impl Home {
     pub fn resolve(explicit: Option<PathBuf>) -> Result<Self, StateError> {
         match explicit {
             Some(dir) => Ok(Self { dir }),
-            None => default_config_dir().map(|d| Self { dir: d.join("keyward-pair") }).ok_or(StateError::NoHome),
+            None => default_config_dir()
+                .map(|d| Self {
+                    dir: d.join("keyward-pair"),
+                })
+                .ok_or(StateError::NoHome),
         }
     }
 
@@ -112,7 +124,10 @@ impl Home {
 
     fn io(&self, path: &Path, source: std::io::Error) -> StateError {
         let _ = self;
-        StateError::Io { path: path.to_owned(), source }
+        StateError::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 
     /// Writes a new device key and state, replacing any previous login.
@@ -133,14 +148,21 @@ impl Home {
         let key_path = self.dir.join(KEY_FILE);
         let state_bytes = match fs::read(&state_path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StateError::NotLoggedIn),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StateError::NotLoggedIn);
+            }
             Err(e) => return Err(self.io(&state_path, e)),
         };
-        let state: PairState = serde_json::from_slice(&state_bytes)
-            .map_err(|e| StateError::Corrupt { path: state_path.clone(), reason: e.to_string() })?;
+        let state: PairState =
+            serde_json::from_slice(&state_bytes).map_err(|e| StateError::Corrupt {
+                path: state_path.clone(),
+                reason: e.to_string(),
+            })?;
         let der = match fs::read(&key_path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StateError::NotLoggedIn),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StateError::NotLoggedIn);
+            }
             Err(e) => return Err(self.io(&key_path, e)),
         };
         let key = DeviceKey::from_pkcs8(&der).ok_or_else(|| StateError::Corrupt {
@@ -176,7 +198,9 @@ impl Home {
             opts.mode(0o600);
         }
         let mut f = opts.open(&tmp).map_err(|e| self.io(&tmp, e))?;
-        f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| self.io(&tmp, e))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| self.io(&tmp, e))?;
         drop(f);
         fs::rename(&tmp, &path).map_err(|e| self.io(&path, e))
     }
@@ -195,7 +219,11 @@ fn restrict_dir(_dir: &Path) -> std::io::Result<()> {
 
 /// The platform's per-user configuration directory, without pulling in a crate for it.
 fn default_config_dir() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if cfg!(windows) {
         env("APPDATA")
     } else if cfg!(target_os = "macos") {
@@ -209,7 +237,9 @@ fn default_config_dir() -> Option<PathBuf> {
 pub enum UrlError {
     #[error("invalid server URL: {0}")]
     Invalid(String),
-    #[error("server URL must use https:// (http:// is accepted only for loopback hosts such as 127.0.0.1)")]
+    #[error(
+        "server URL must use https:// (http:// is accepted only for loopback hosts such as 127.0.0.1)"
+    )]
     InsecureRemote,
     #[error("server URL must start with https:// or http://")]
     Scheme,
@@ -228,7 +258,9 @@ impl ServerUrl {
             return Err(UrlError::Invalid("no host".into()));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(UrlError::Invalid("credentials in the URL are not allowed".into()));
+            return Err(UrlError::Invalid(
+                "credentials in the URL are not allowed".into(),
+            ));
         }
         match url.scheme() {
             "https" => {}
@@ -260,13 +292,19 @@ impl ServerUrl {
     /// The relay WebSocket URL (`ws://` or `wss://`).
     pub fn relay_url(&self) -> String {
         let u = self.endpoint(RELAY_PATH);
-        let rest = u.as_str().split_once("://").map(|(_, r)| r).unwrap_or_default();
+        let rest = u
+            .as_str()
+            .split_once("://")
+            .map(|(_, r)| r)
+            .unwrap_or_default();
         format!("{}://{rest}", if self.is_tls() { "wss" } else { "ws" })
     }
 }
 
 fn is_loopback(url: &Url) -> bool {
-    let Some(host) = url.host_str() else { return false };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
     if host.eq_ignore_ascii_case("localhost") {
         return true;
     }
@@ -284,7 +322,11 @@ pub fn hex_lower(bytes: &[u8]) -> String {
 pub fn parse_pin(text: &str) -> Option<String> {
     let t = text.trim();
     let t = t.strip_prefix("sha256:").unwrap_or(t);
-    let hex: String = t.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    let hex: String = t
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
     (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(hex)
 }
 
@@ -298,14 +340,29 @@ mod tests {
         assert!(ServerUrl::parse("http://127.5.5.5").is_ok());
         assert!(ServerUrl::parse("http://localhost:8080/").is_ok());
         assert!(ServerUrl::parse("http://[::1]:9000").is_ok());
-        assert_eq!(ServerUrl::parse("http://keyward.example.com"), Err(UrlError::InsecureRemote));
-        assert_eq!(ServerUrl::parse("http://10.0.0.1:8080"), Err(UrlError::InsecureRemote));
+        assert_eq!(
+            ServerUrl::parse("http://keyward.example.com"),
+            Err(UrlError::InsecureRemote)
+        );
+        assert_eq!(
+            ServerUrl::parse("http://10.0.0.1:8080"),
+            Err(UrlError::InsecureRemote)
+        );
         // A name that merely starts like loopback must not pass.
-        assert_eq!(ServerUrl::parse("http://127.0.0.1.example.com"), Err(UrlError::InsecureRemote));
+        assert_eq!(
+            ServerUrl::parse("http://127.0.0.1.example.com"),
+            Err(UrlError::InsecureRemote)
+        );
         assert_eq!(ServerUrl::parse("ftp://127.0.0.1"), Err(UrlError::Scheme));
         assert!(ServerUrl::parse("https://keyward.example.com").is_ok());
-        assert!(matches!(ServerUrl::parse("https://u:p@keyward.example.com"), Err(UrlError::Invalid(_))));
-        assert!(matches!(ServerUrl::parse("not a url"), Err(UrlError::Invalid(_))));
+        assert!(matches!(
+            ServerUrl::parse("https://u:p@keyward.example.com"),
+            Err(UrlError::Invalid(_))
+        ));
+        assert!(matches!(
+            ServerUrl::parse("not a url"),
+            Err(UrlError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -314,7 +371,10 @@ mod tests {
         assert_eq!(u.relay_url(), "wss://k.example.com/keyward/api/v1/relay");
         let u = ServerUrl::parse("http://127.0.0.1:8080").expect("valid");
         assert_eq!(u.relay_url(), "ws://127.0.0.1:8080/api/v1/relay");
-        assert_eq!(u.endpoint("/api/v1/pair/activate").as_str(), "http://127.0.0.1:8080/api/v1/pair/activate");
+        assert_eq!(
+            u.endpoint("/api/v1/pair/activate").as_str(),
+            "http://127.0.0.1:8080/api/v1/pair/activate"
+        );
     }
 
     #[test]
@@ -336,7 +396,10 @@ mod tests {
         let state = PairState {
             server: "http://127.0.0.1:1".into(),
             device_id: "dev-1".into(),
-            principal: Principal::User { id: "u".into(), upn: "u@example.com".into() },
+            principal: Principal::User {
+                id: "u".into(),
+                upn: "u@example.com".into(),
+            },
             cert_pin: None,
         };
         home.save(&der, &state).expect("save");
@@ -346,7 +409,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join("h").join(KEY_FILE)).expect("meta").permissions().mode();
+            let mode = fs::metadata(dir.path().join("h").join(KEY_FILE))
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         home.clear().expect("clear");
@@ -360,7 +426,10 @@ mod tests {
         let state = PairState {
             server: "http://127.0.0.1:1".into(),
             device_id: "d".into(),
-            principal: Principal::Admin { id: "a".into(), email: "a@example.com".into() },
+            principal: Principal::Admin {
+                id: "a".into(),
+                email: "a@example.com".into(),
+            },
             cert_pin: None,
         };
         home.save(b"not a key", &state).expect("save");
@@ -373,7 +442,10 @@ mod tests {
         let dbg = format!("{key:?}");
         assert!(dbg.contains(&hex_lower(key.public_key())));
         // ECPrivateKey: version 1, then the 32-byte private scalar as an OCTET STRING.
-        let at = der.windows(5).position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20]).expect("ECPrivateKey in PKCS#8");
+        let at = der
+            .windows(5)
+            .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])
+            .expect("ECPrivateKey in PKCS#8");
         let scalar = &der[at + 5..at + 37];
         assert!(!dbg.contains(&hex_lower(scalar)));
         assert!(!dbg.contains(&hex_lower(&scalar[..8])));

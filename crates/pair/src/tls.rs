@@ -47,7 +47,9 @@ impl ServerCertVerifier for PinVerifier {
             if let Ok(mut s) = self.seen.lock() {
                 *s = Some(fp);
             }
-            Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
         }
     }
 
@@ -57,7 +59,12 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -66,11 +73,18 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -78,8 +92,11 @@ impl ServerCertVerifier for PinVerifier {
 /// mismatches).
 pub fn pinned_config(pin: &str) -> Result<(Arc<ClientConfig>, Arc<PinVerifier>), rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier =
-        Arc::new(PinVerifier { pin: pin.to_ascii_lowercase(), provider: provider.clone(), seen: Mutex::new(None) });
+    let verifier = Arc::new(PinVerifier {
+        pin: pin.to_ascii_lowercase(),
+        provider: provider.clone(),
+        seen: Mutex::new(None),
+    });
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
@@ -98,12 +115,21 @@ mod tests {
         let pin = hex_lower(digest::digest(&digest::SHA256, cert.as_ref()).as_ref());
         let (_, v) = pinned_config(&pin).expect("config");
         let name = ServerName::try_from("keyward.example.com").expect("name");
-        assert!(v.verify_server_cert(&cert, &[], &name, &[], UnixTime::now()).is_ok());
+        assert!(
+            v.verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+                .is_ok()
+        );
         assert_eq!(v.mismatch_seen(), None);
 
         let other = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x02]);
-        assert!(v.verify_server_cert(&other, &[], &name, &[], UnixTime::now()).is_err());
+        assert!(
+            v.verify_server_cert(&other, &[], &name, &[], UnixTime::now())
+                .is_err()
+        );
         let seen = v.mismatch_seen().expect("mismatch recorded");
-        assert_eq!(seen, hex_lower(digest::digest(&digest::SHA256, other.as_ref()).as_ref()));
+        assert_eq!(
+            seen,
+            hex_lower(digest::digest(&digest::SHA256, other.as_ref()).as_ref())
+        );
     }
 }

@@ -1,0 +1,559 @@
+//! The pairing tool's network side against a small in-test relay server (axum on loopback) that
+//! follows the protocol in `keyward_pair::protocol`: registration, challenge–response, attach,
+//! a relayed CTAP request, revocation, reconnect after a server restart, logout.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use keyward_pair::enroll::{self, EnrollError, EnrollTarget};
+use keyward_pair::protocol::*;
+use keyward_pair::relay::{Backoff, RelayClient, RelayConfig, RelayError, RelayEvent, logout};
+use keyward_pair::state::{Home, ServerUrl};
+use tokio::sync::{mpsc, watch};
+
+const TOKEN: &str = "kw_test_token";
+const CODE: &str = "ACTIVATE-123";
+
+#[derive(Default)]
+struct Fake {
+    devices: HashMap<String, (Vec<u8>, bool /* revoked */)>,
+    next: u32,
+    connections: u32,
+}
+
+#[derive(Clone)]
+struct App {
+    fake: Arc<Mutex<Fake>>,
+    /// Bumping this ends every open relay connection (a server restart as the tool sees it).
+    generation: watch::Sender<u32>,
+}
+
+async fn register(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Json(req): Json<RegisterDeviceRequest>,
+) -> Response {
+    if headers.get("authorization").and_then(|v| v.to_str().ok())
+        != Some(&format!("Bearer {TOKEN}"))
+    {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let mut f = app.fake.lock().expect("lock");
+    f.next += 1;
+    let id = format!("dev-{}", f.next);
+    f.devices.insert(id.clone(), (req.public_key, false));
+    let principal = Principal::Admin {
+        id: "a1".into(),
+        email: "admin@example.com".into(),
+    };
+    (
+        StatusCode::CREATED,
+        Json(DeviceRegistered {
+            device_id: id,
+            principal,
+        }),
+    )
+        .into_response()
+}
+
+async fn activate(State(app): State<App>, Json(req): Json<ActivateRequest>) -> Response {
+    if req.code != CODE {
+        return StatusCode::GONE.into_response();
+    }
+    let mut f = app.fake.lock().expect("lock");
+    f.next += 1;
+    let id = format!("dev-{}", f.next);
+    f.devices.insert(id.clone(), (req.public_key, false));
+    let principal = Principal::User {
+        id: "u1".into(),
+        upn: "alice@example.com".into(),
+    };
+    (
+        StatusCode::CREATED,
+        Json(DeviceRegistered {
+            device_id: id,
+            principal,
+        }),
+    )
+        .into_response()
+}
+
+async fn relay(State(app): State<App>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| relay_conn(app, socket))
+}
+
+async fn send(ws: &mut WebSocket, m: &ServerMessage) -> bool {
+    ws.send(Message::Text(
+        serde_json::to_string(m).expect("json").into(),
+    ))
+    .await
+    .is_ok()
+}
+
+async fn recv(ws: &mut WebSocket) -> Option<ClientMessage> {
+    loop {
+        match ws.recv().await? {
+            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn relay_conn(app: App, mut ws: WebSocket) {
+    let mut gen_rx = app.generation.subscribe();
+    let Some(ClientMessage::Hello {
+        version: 1,
+        device_id,
+    }) = recv(&mut ws).await
+    else {
+        return;
+    };
+    let nonce = vec![7u8; NONCE_LEN];
+    send(
+        &mut ws,
+        &ServerMessage::Challenge {
+            nonce: nonce.clone(),
+        },
+    )
+    .await;
+    let Some(ClientMessage::Response { signature }) = recv(&mut ws).await else {
+        return;
+    };
+    let known = app
+        .fake
+        .lock()
+        .expect("lock")
+        .devices
+        .get(&device_id)
+        .cloned();
+    let Some((public_key, revoked)) = known else {
+        send(
+            &mut ws,
+            &ServerMessage::Error {
+                code: ErrorCode::UnknownDevice,
+                message: "no such device".into(),
+            },
+        )
+        .await;
+        return;
+    };
+    if UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &public_key)
+        .verify(&auth_message(&device_id, &nonce), &signature)
+        .is_err()
+    {
+        send(
+            &mut ws,
+            &ServerMessage::Error {
+                code: ErrorCode::BadSignature,
+                message: "bad signature".into(),
+            },
+        )
+        .await;
+        return;
+    }
+    if revoked {
+        send(
+            &mut ws,
+            &ServerMessage::Error {
+                code: ErrorCode::Revoked,
+                message: "revoked".into(),
+            },
+        )
+        .await;
+        return;
+    }
+    app.fake.lock().expect("lock").connections += 1;
+    let principal = Principal::Admin {
+        id: "a1".into(),
+        email: "admin@example.com".into(),
+    };
+    send(
+        &mut ws,
+        &ServerMessage::Welcome {
+            device_id: device_id.clone(),
+            principal,
+        },
+    )
+    .await;
+    send(
+        &mut ws,
+        &ServerMessage::Attach {
+            key_id: "k1".into(),
+            session_id: "s1".into(),
+            mode: SessionMode::Delegated,
+            expires_at: None,
+        },
+    )
+    .await;
+    loop {
+        tokio::select! {
+            _ = gen_rx.changed() => return,
+            m = recv(&mut ws) => match m {
+                // The fake "key" echoes the command byte behind a success status.
+                Some(ClientMessage::Ctap { id, payload, .. }) => {
+                    send(&mut ws, &ServerMessage::Keepalive { id, status: KeepaliveStatus::Processing }).await;
+                    send(&mut ws, &ServerMessage::CtapResult { id, payload: vec![0x00, payload[0]] }).await;
+                }
+                Some(ClientMessage::Logout) => {
+                    if let Some(d) = app.fake.lock().expect("lock").devices.get_mut(&device_id) {
+                        d.1 = true;
+                    }
+                    send(&mut ws, &ServerMessage::LoggedOut).await;
+                    return;
+                }
+                Some(_) => {}
+                None => return,
+            }
+        }
+    }
+}
+
+async fn start_fake() -> (SocketAddr, App) {
+    let (generation, _) = watch::channel(0);
+    let app = App {
+        fake: Arc::new(Mutex::new(Fake::default())),
+        generation,
+    };
+    let router = Router::new()
+        .route(REGISTER_DEVICE_PATH, post(register))
+        .route(ACTIVATE_PATH, post(activate))
+        .route(RELAY_PATH, any(relay))
+        .with_state(app.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+    (addr, app)
+}
+
+fn target(addr: SocketAddr) -> EnrollTarget {
+    EnrollTarget {
+        server: ServerUrl::parse(&format!("http://{addr}")).expect("url"),
+        cert_pin: None,
+        name: "test-pc".into(),
+    }
+}
+
+fn relay_config(home: &Home) -> RelayConfig {
+    let (key, state) = home.load().expect("logged in");
+    let server = ServerUrl::parse(&state.server).expect("url");
+    RelayConfig {
+        url: server.relay_url(),
+        device_id: state.device_id,
+        key: Arc::new(key),
+        cert_pin: None,
+        backoff: Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+        },
+    }
+}
+
+async fn next_event(rx: &mut mpsc::Receiver<RelayEvent>) -> RelayEvent {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("event within 5 s")
+        .expect("relay task alive")
+}
+
+#[tokio::test]
+async fn login_connects_authenticates_and_relays_a_request() {
+    let (addr, _app) = start_fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = Home::resolve(Some(dir.path().to_owned())).expect("home");
+    let reg = enroll::login(&home, &target(addr), TOKEN)
+        .await
+        .expect("login");
+    assert!(matches!(reg.principal, Principal::Admin { .. }));
+
+    let (client, mut events) = RelayClient::spawn(relay_config(&home));
+    assert!(matches!(
+        next_event(&mut events).await,
+        RelayEvent::Connected {
+            principal: Principal::Admin { .. }
+        }
+    ));
+    let RelayEvent::Message(ServerMessage::Attach { key_id, mode, .. }) =
+        next_event(&mut events).await
+    else {
+        panic!("expected attach")
+    };
+    assert_eq!((key_id.as_str(), mode), ("k1", SessionMode::Delegated));
+
+    client.send(ClientMessage::Ctap {
+        id: 1,
+        payload: vec![0x04],
+        user_present: false,
+    });
+    assert_eq!(
+        next_event(&mut events).await,
+        RelayEvent::Message(ServerMessage::Keepalive {
+            id: 1,
+            status: KeepaliveStatus::Processing
+        })
+    );
+    assert_eq!(
+        next_event(&mut events).await,
+        RelayEvent::Message(ServerMessage::CtapResult {
+            id: 1,
+            payload: vec![0x00, 0x04]
+        })
+    );
+}
+
+#[tokio::test]
+async fn wrong_token_and_wrong_code_are_reported_clearly() {
+    let (addr, _app) = start_fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = Home::resolve(Some(dir.path().to_owned())).expect("home");
+    let err = enroll::login(&home, &target(addr), "wrong")
+        .await
+        .expect_err("bad token");
+    assert!(matches!(err, EnrollError::BadToken(401)), "{err:?}");
+    assert!(
+        !err.to_string().contains("wrong"),
+        "the token must not be echoed"
+    );
+    let err = enroll::activate(&home, &target(addr), "NOPE")
+        .await
+        .expect_err("bad code");
+    assert!(matches!(err, EnrollError::BadCode(410)), "{err:?}");
+    assert!(!err.to_string().contains("NOPE"));
+    assert!(
+        home.load().is_err(),
+        "nothing saved after a failed registration"
+    );
+
+    let reg = enroll::activate(&home, &target(addr), CODE)
+        .await
+        .expect("activate");
+    assert!(matches!(reg.principal, Principal::User { .. }));
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_keyward_or_not_running_is_named() {
+    let (addr, _app) = start_fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = Home::resolve(Some(dir.path().to_owned())).expect("home");
+    let mut t = target(addr);
+    t.server = ServerUrl::parse(&format!("http://{addr}/not-here")).expect("url");
+    assert!(matches!(
+        enroll::login(&home, &t, TOKEN).await,
+        Err(EnrollError::NotKeyward { .. })
+    ));
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let err = enroll::login(&home, &target(closed), TOKEN)
+        .await
+        .expect_err("nothing listens");
+    assert!(matches!(err, EnrollError::Unreachable { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn reconnects_with_backoff_after_the_server_drops_connections() {
+    let (addr, app) = start_fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = Home::resolve(Some(dir.path().to_owned())).expect("home");
+    enroll::login(&home, &target(addr), TOKEN)
+        .await
+        .expect("login");
+    let (client, mut events) = RelayClient::spawn(relay_config(&home));
+    assert!(matches!(
+        next_event(&mut events).await,
+        RelayEvent::Connected { .. }
+    ));
+    assert!(matches!(
+        next_event(&mut events).await,
+        RelayEvent::Message(ServerMessage::Attach { .. })
+    ));
+
+    app.generation.send_modify(|g| *g += 1);
+    let RelayEvent::Disconnected { retry_in, .. } = next_event(&mut events).await else {
+        panic!("expected disconnect")
+    };
+    assert!(
+        retry_in >= Duration::from_millis(50) && retry_in <= Duration::from_millis(60),
+        "{retry_in:?}"
+    );
+    assert!(matches!(
+        next_event(&mut events).await,
+        RelayEvent::Connected { .. }
+    ));
+    assert!(matches!(
+        next_event(&mut events).await,
+        RelayEvent::Message(ServerMessage::Attach { .. })
+    ));
+    assert_eq!(app.fake.lock().expect("lock").connections, 2);
+
+    // The new connection works.
+    client.send(ClientMessage::Ctap {
+        id: 9,
+        payload: vec![0x01],
+        user_present: true,
+    });
+    next_event(&mut events).await; // keepalive
+    assert_eq!(
+        next_event(&mut events).await,
+        RelayEvent::Message(ServerMessage::CtapResult {
+            id: 9,
+            payload: vec![0x00, 0x01]
+        })
+    );
+}
+
+#[tokio::test]
+async fn keeps_retrying_while_the_server_is_down() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = Home::resolve(Some(dir.path().to_owned())).expect("home");
+    let (_, der) = keyward_pair::state::DeviceKey::generate().expect("key");
+    let state = keyward_pair::state::PairState {
+        server: format!("http://{port}"),
+        device_id: "dev-x".into(),
+        principal: Principal::User {
+            id: "u".into(),
+            upn: "u@x".into(),
+        },
+        cert_pin: None,
+    };
+    home.save(&der, &state).expect("save");
+    let (_client, mut events) = RelayClient::spawn(relay_config(&home));
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        let RelayEvent::Disconnected { reason, retry_in } = next_event(&mut events).await else {
+            panic!("expected retry")
+        };
+        assert!(reason.contains("cannot reach"), "{reason}");
+        delays.push(retry_in);
+    }
+    // 50, 100, 200, 200 ms (+ up to 20 % jitter): doubling, capped.
+    assert!(
+        delays[1] >= Duration::from_millis(100) && delays[2] >= Duration::from_millis(200),
+        "{delays:?}"
+    );
+    assert!(delays[3] <= Duration::from_millis(240), "{delays:?}");
+}
+
+#[tokio::test]
+async fn revoked_or_unknown_device_stops_with_a_clear_error() {
+    let (addr, app) = start_fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = Home::resolve(Some(dir.path().to_owned())).expect("home");
+    let reg = enroll::login(&home, &target(addr), TOKEN)
+        .await
+        .expect("login");
+    app.fake
+        .lock()
+        .expect("lock")
+        .devices
+        .get_mut(&reg.device_id)
+        .expect("device")
+        .1 = true;
+    let (_client, mut events) = RelayClient::spawn(relay_config(&home));
+    let RelayEvent::Fatal(e) = next_event(&mut events).await else {
+        panic!("expected fatal")
+    };
+    assert!(matches!(
+        e,
+        RelayError::Rejected {
+            code: ErrorCode::Revoked,
+            ..
+        }
+    ));
+    assert!(e.to_string().contains("keyward-pair login"), "{e}");
+
+    app.fake.lock().expect("lock").devices.clear();
+    let (_client, mut events) = RelayClient::spawn(relay_config(&home));
+    assert!(matches!(
+        next_event(&mut events).await,
+        RelayEvent::Fatal(RelayError::Rejected {
+            code: ErrorCode::UnknownDevice,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn a_different_device_key_is_refused() {
+    let (addr, _app) = start_fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = Home::resolve(Some(dir.path().to_owned())).expect("home");
+    enroll::login(&home, &target(addr), TOKEN)
+        .await
+        .expect("login");
+    let mut config = relay_config(&home);
+    let (other, _) = keyward_pair::state::DeviceKey::generate().expect("key");
+    config.key = Arc::new(other);
+    let (_client, mut events) = RelayClient::spawn(config);
+    assert!(matches!(
+        next_event(&mut events).await,
+        RelayEvent::Fatal(RelayError::Rejected {
+            code: ErrorCode::BadSignature,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn logout_revokes_at_the_server() {
+    let (addr, app) = start_fake().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = Home::resolve(Some(dir.path().to_owned())).expect("home");
+    let reg = enroll::login(&home, &target(addr), TOKEN)
+        .await
+        .expect("login");
+    logout(&relay_config(&home)).await.expect("logout");
+    assert!(
+        app.fake.lock().expect("lock").devices[&reg.device_id].1,
+        "device revoked"
+    );
+    // A second logout with the same key is refused: the device no longer exists for the server.
+    assert!(logout(&relay_config(&home)).await.is_err());
+}
+
+#[test]
+fn json_fixtures_parse_and_round_trip() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/relay");
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).expect("fixture"))
+            .expect("fixture json")
+    };
+    for v in read("client_messages.json") {
+        let m: ClientMessage =
+            serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"));
+        assert_eq!(serde_json::to_value(&m).expect("json"), v);
+    }
+    for v in read("server_messages.json") {
+        let m: ServerMessage =
+            serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"));
+        assert_eq!(serde_json::to_value(&m).expect("json"), v);
+    }
+    for v in read("invalid_messages.json") {
+        assert!(
+            serde_json::from_value::<ClientMessage>(v.clone()).is_err(),
+            "client accepted {v}"
+        );
+        assert!(
+            serde_json::from_value::<ServerMessage>(v.clone()).is_err(),
+            "server accepted {v}"
+        );
+    }
+}

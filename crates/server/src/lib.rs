@@ -8,5 +8,6 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod error;
+pub mod jobs;
 pub mod metrics;
 pub mod serve;

@@ -129,6 +129,10 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::POST, "/keys/{id}/revoke", ManageUsers, post(keys::revoke)),
         route(Method::POST, "/keys/{id}/ctap", UseKeys, post(keys::ctap)),
         route(Method::GET, "/audit", ViewAudit, get(audit::list)),
+        route(Method::GET, "/jobs/{id}", ViewUsers, get(crate::jobs::api::get_job)),
+        route(Method::GET, "/jobs/{id}/events", ViewUsers, get(crate::jobs::api::events)),
+        route(Method::POST, "/jobs/{id}/retry", ManageUsers, post(crate::jobs::api::retry)),
+        route(Method::POST, "/jobs/{id}/cancel", ManageUsers, post(crate::jobs::api::cancel)),
     ]
 }
 

@@ -1,9 +1,63 @@
 //! `keyward serve`: the Keyward server.
 
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use keyward_server::config::Config;
+
 /// Run the Keyward server.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// A TOML configuration file; `KEYWARD_*` environment variables override it.
+    #[arg(long, env = "KEYWARD_CONFIG")]
+    pub config: Option<PathBuf>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("keyward serve is not built yet")
+/// Loads the configuration shared by `serve` and the database commands, warning about unknown
+/// `KEYWARD_*` variables (a typo there would otherwise silently fall back to a default).
+pub fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let (config, unknown) = Config::load(file, &env).context("loading configuration")?;
+    for name in unknown {
+        tracing::warn!(variable = %name, "unknown KEYWARD_* environment variable ignored");
+    }
+    Ok(config)
+}
+
+/// Logs go to stderr, as text or JSON; `KEYWARD_LOG` sets the filter (default `info`).
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let env_format = std::env::var("KEYWARD_LOG_FORMAT").unwrap_or_else(|_| "text".into());
+    init_logging(&env_format);
+    let config = load_config(args.config.as_deref())?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let state = keyward_server::serve::open_state(&config).await.context("opening the data directory, database and vault")?;
+        tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "starting");
+        keyward_server::serve::run(
+            config,
+            state,
+            |url| {
+                // Tools and tests wait for this line on stdout.
+                println!("keyward listening on {url}");
+                let _ = std::io::stdout().flush();
+                tracing::info!(%url, "serving");
+            },
+            keyward_server::serve::shutdown_signal(),
+        )
+        .await
+        .context("serving")
+    })
 }

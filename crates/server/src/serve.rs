@@ -49,16 +49,21 @@ pub async fn open_state(config: &Config) -> Result<AppState, ServeError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| ServeError::DataDir(config.data_dir.display().to_string(), e))?;
     let store = Store::connect(config.database_url.expose()).await?;
-    let vault = Vault::from_env_or_data_dir(&config.data_dir)?;
+    let vault = Arc::new(Vault::from_env_or_data_dir(&config.data_dir)?);
+    let keyops = crate::keyops::KeyOps::new(
+        store.clone(),
+        vault.clone(),
+        keyward_authenticator::Config::new(KEYWARD_AAGUID),
+    );
     Ok(AppState {
         store,
-        vault: Arc::new(vault),
+        vault,
         metrics: Arc::new(Metrics::default()),
         login_limiter: Arc::new(RateLimiter::new(10, Duration::from_secs(60))),
         session_hours: config.session_hours,
         secure_cookies: !config.is_loopback() || config.tls_cert.is_some(),
         aaguid: KEYWARD_AAGUID,
-        ctap: None,
+        ctap: Some(Arc::new(keyops)),
     })
 }
 

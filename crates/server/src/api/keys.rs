@@ -28,6 +28,8 @@ pub enum CtapError {
     NotFound,
     #[error("the key is not active")]
     NotActive,
+    #[error("invalid request: {0}")]
+    Invalid(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
 }
@@ -42,6 +44,29 @@ pub trait CtapService: Send + Sync {
         actor: &'a str,
         request: Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CtapError>> + Send + 'a>>;
+}
+
+/// Admins reach keys through the API in registration-only mode (design.md invariant 1): the
+/// server refuses assertions and destructive commands, whoever calls.
+impl CtapService for crate::keyops::KeyOps {
+    fn ctap<'a>(
+        &'a self,
+        org_id: Uuid,
+        key_id: Uuid,
+        actor: &'a str,
+        request: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CtapError>> + Send + 'a>> {
+        use crate::keyops::KeyOpsError;
+        let policy = keyward_authenticator::Policy { registration_only: true, preauthorized_uv: false };
+        Box::pin(async move {
+            crate::keyops::KeyOps::ctap(self, org_id, key_id, actor, policy, request).await.map_err(|e| match e {
+                KeyOpsError::NotFound => CtapError::NotFound,
+                KeyOpsError::KeyNotActive(_) => CtapError::NotActive,
+                KeyOpsError::InvalidRequest(r) => CtapError::Invalid(r.to_owned()),
+                other => CtapError::Unavailable(other.to_string()),
+            })
+        })
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -130,7 +155,7 @@ async fn assign(s: &AppState, p: &Principal, user_id: Uuid) -> ApiResult<Uuid> {
         aaguid: s.aaguid.to_vec(),
         wrapped_dek,
         kek_version,
-        min_pin_length: 4,
+        min_pin_length: i32::from(keyward_authenticator::DEFAULT_MIN_PIN_LENGTH),
         force_pin_change: false,
     };
     tx.insert_security_key(p.org_id, user_id, &key).await?;
@@ -250,6 +275,7 @@ pub async fn ctap(State(s): State<AppState>, p: Principal, IdPath(id): IdPath, r
     let bytes = result.map_err(|e| match e {
         CtapError::NotFound => ApiError::NotFound,
         CtapError::NotActive => ApiError::Conflict("the key is not active".into()),
+        CtapError::Invalid(r) => ApiError::BadRequest(r),
         CtapError::Unavailable(d) => ApiError::Unavailable(d),
     })?;
     let mut resp = bytes.into_response();

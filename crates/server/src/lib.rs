@@ -9,5 +9,6 @@ pub mod bootstrap;
 pub mod config;
 pub mod error;
 pub mod jobs;
+pub mod keyops;
 pub mod metrics;
 pub mod serve;

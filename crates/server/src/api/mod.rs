@@ -206,6 +206,12 @@ where
     }
 }
 
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
 /// `Query` whose rejections are problem+json.
 pub struct Query<T>(pub T);
 

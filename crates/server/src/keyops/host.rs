@@ -44,11 +44,19 @@ fn protection_error(e: VaultError) -> ProtectionError {
 
 impl KeyProtection for VaultProtection {
     fn seal(&self, credential_id: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, ProtectionError> {
-        self.data_key.seal(&self.aad(credential_id), plaintext).map_err(protection_error)
+        self.data_key
+            .seal(&self.aad(credential_id), plaintext)
+            .map_err(protection_error)
     }
 
-    fn open(&self, credential_id: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, ProtectionError> {
-        self.data_key.open(&self.aad(credential_id), sealed).map_err(protection_error)
+    fn open(
+        &self,
+        credential_id: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ProtectionError> {
+        self.data_key
+            .open(&self.aad(credential_id), sealed)
+            .map_err(protection_error)
     }
 
     fn pin_verifier(&self, pin_hash16: &[u8; 16]) -> Result<[u8; 32], ProtectionError> {
@@ -92,7 +100,10 @@ mod tests {
     use keyward_vault::{KekSource, KeyBinding, Vault};
 
     fn protection(vault: &Vault, user: u128) -> VaultProtection {
-        let b = KeyBinding { org_id: Uuid::from_u128(1), key_id: Uuid::from_u128(3) };
+        let b = KeyBinding {
+            org_id: Uuid::from_u128(1),
+            key_id: Uuid::from_u128(3),
+        };
         let (w, v) = vault.new_data_key(&b).expect("dek");
         VaultProtection {
             data_key: vault.unwrap(&b, &w, v).expect("unwrap"),
@@ -112,14 +123,25 @@ mod tests {
         let p = protection(&vault, 2);
         let sealed = p.seal(b"cred-1", b"pkcs8").expect("seal");
         assert_eq!(&p.open(b"cred-1", &sealed).expect("open")[..], b"pkcs8");
-        assert!(matches!(p.open(b"cred-2", &sealed), Err(ProtectionError::Integrity)));
-        let moved = VaultProtection { user_id: Uuid::from_u128(9), ..p };
-        assert!(matches!(moved.open(b"cred-1", &sealed), Err(ProtectionError::Integrity)));
+        assert!(matches!(
+            p.open(b"cred-2", &sealed),
+            Err(ProtectionError::Integrity)
+        ));
+        let moved = VaultProtection {
+            user_id: Uuid::from_u128(9),
+            ..p
+        };
+        assert!(matches!(
+            moved.open(b"cred-1", &sealed),
+            Err(ProtectionError::Integrity)
+        ));
     }
 
     #[test]
     fn env_clock_is_monotonic_and_random_fills() {
-        let mut env = ServerEnv { epoch: Instant::now() };
+        let mut env = ServerEnv {
+            epoch: Instant::now(),
+        };
         let a = env.now_ms();
         assert!(env.now_ms() >= a);
         let mut buf = [0u8; 32];

@@ -100,7 +100,10 @@ pub struct KeyOps {
 
 impl std::fmt::Debug for KeyOps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyOps").field("store", &self.store).field("vault", &self.vault).finish_non_exhaustive()
+        f.debug_struct("KeyOps")
+            .field("store", &self.store)
+            .field("vault", &self.vault)
+            .finish_non_exhaustive()
     }
 }
 
@@ -136,7 +139,13 @@ impl KeyOps {
     /// `config` is the engine configuration shared by every key (attestation, limits); each key's
     /// own AAGUID from its row replaces `config.aaguid`.
     pub fn new(store: Store, vault: Arc<Vault>, config: Config) -> Self {
-        KeyOps { store, vault, config, slots: Mutex::new(HashMap::new()), epoch: Instant::now() }
+        KeyOps {
+            store,
+            vault,
+            config,
+            slots: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        }
     }
 
     pub fn vault(&self) -> &Arc<Vault> {
@@ -164,7 +173,9 @@ impl KeyOps {
     /// (`Tx::insert_security_key`): a fresh id and a fresh data key wrapped by the vault.
     pub fn new_key_material(&self, org_id: Uuid) -> Result<NewSecurityKey, KeyOpsError> {
         let id = Uuid::now_v7();
-        let (wrapped_dek, kek_version) = self.vault.new_data_key(&KeyBinding { org_id, key_id: id })?;
+        let (wrapped_dek, kek_version) = self
+            .vault
+            .new_data_key(&KeyBinding { org_id, key_id: id })?;
         Ok(NewSecurityKey {
             id,
             aaguid: self.config.aaguid.to_vec(),
@@ -176,14 +187,29 @@ impl KeyOps {
     }
 
     /// Creates a security key for a user (who becomes `assigned`), audited as `key.create`.
-    pub async fn create_key(&self, org_id: Uuid, user_id: Uuid, actor: &str) -> Result<SecurityKeyRecord, KeyOpsError> {
+    pub async fn create_key(
+        &self,
+        org_id: Uuid,
+        user_id: Uuid,
+        actor: &str,
+    ) -> Result<SecurityKeyRecord, KeyOpsError> {
         let new = self.new_key_material(org_id)?;
         let mut tx = self.store.begin().await?;
         tx.insert_security_key(org_id, user_id, &new).await?;
         let detail = serde_json::json!({ "user_id": user_id, "kek_version": new.kek_version });
-        tx.append_audit(org_id, actor, "key.create", &format!("key:{}", new.id), detail).await?;
+        tx.append_audit(
+            org_id,
+            actor,
+            "key.create",
+            &format!("key:{}", new.id),
+            detail,
+        )
+        .await?;
         tx.commit().await?;
-        self.store.key_by_id(org_id, new.id).await?.ok_or(KeyOpsError::NotFound)
+        self.store
+            .key_by_id(org_id, new.id)
+            .await?
+            .ok_or(KeyOpsError::NotFound)
     }
 
     /// Sets a key's PIN from the server (an admin's one-time PIN; with `force_change` the key
@@ -210,9 +236,15 @@ impl KeyOps {
             return Err(KeyOpsError::KeyNotActive(rec.status));
         }
         if code_points < usize::try_from(rec.min_pin_length).unwrap_or(usize::MAX) {
-            return Err(KeyOpsError::InvalidRequest("PIN shorter than the key's minimum PIN length"));
+            return Err(KeyOpsError::InvalidRequest(
+                "PIN shorter than the key's minimum PIN length",
+            ));
         }
-        let data_key = self.vault.unwrap(&KeyBinding { org_id, key_id }, &rec.wrapped_dek, rec.kek_version)?;
+        let data_key = self.vault.unwrap(
+            &KeyBinding { org_id, key_id },
+            &rec.wrapped_dek,
+            rec.kek_version,
+        )?;
         let digest = Sha256::digest(pin.as_bytes());
         let mut hash16 = Zeroizing::new([0u8; 16]);
         hash16.copy_from_slice(&digest[..16]);
@@ -223,7 +255,14 @@ impl KeyOps {
         rec.force_pin_change = force_change;
         tx.save_key_state(&rec).await?;
         let detail = serde_json::json!({ "force_change": force_change });
-        tx.append_audit(org_id, actor, "key.pin_set", &format!("key:{key_id}"), detail).await?;
+        tx.append_audit(
+            org_id,
+            actor,
+            "key.pin_set",
+            &format!("key:{key_id}"),
+            detail,
+        )
+        .await?;
         tx.commit().await?;
         *volatile = None;
         Ok(())
@@ -241,27 +280,40 @@ impl KeyOps {
         policy: Policy,
         request: Vec<u8>,
     ) -> Result<Vec<u8>, KeyOpsError> {
-        let command = *request.first().ok_or(KeyOpsError::InvalidRequest("empty CTAP request"))?;
+        let command = *request
+            .first()
+            .ok_or(KeyOpsError::InvalidRequest("empty CTAP request"))?;
         let volatile = self.slot(key_id).lock_owned().await;
         let mut tx = self.store.begin_key(org_id, key_id).await?;
         let rec = tx.key().await?;
         if rec.status != "active" {
             return Err(KeyOpsError::KeyNotActive(rec.status));
         }
-        let data_key = self.vault.unwrap(&KeyBinding { org_id, key_id }, &rec.wrapped_dek, rec.kek_version)?;
-        let protection = VaultProtection { data_key, org_id, user_id: rec.user_id, key_id };
+        let data_key = self.vault.unwrap(
+            &KeyBinding { org_id, key_id },
+            &rec.wrapped_dek,
+            rec.kek_version,
+        )?;
+        let protection = VaultProtection {
+            data_key,
+            org_id,
+            user_id: rec.user_id,
+            key_id,
+        };
         let mut config = self.config.clone();
         if let Ok(aaguid) = <[u8; 16]>::try_from(rec.aaguid.as_slice()) {
             config.aaguid = aaguid;
         }
         let env = ServerEnv { epoch: self.epoch };
         let handle = tokio::runtime::Handle::current();
-        let mut tx_store = TxStore::new(handle, self.store.clone(), tx, rec, actor, via_for(&policy));
+        let mut tx_store =
+            TxStore::new(handle, self.store.clone(), tx, rec, actor, via_for(&policy));
 
         let (volatile, tx_store, response) = tokio::task::spawn_blocking(move || {
             let mut volatile = volatile;
             let mut env = env;
-            let authenticator = volatile.get_or_insert_with(|| Authenticator::new(config, &mut env));
+            let authenticator =
+                volatile.get_or_insert_with(|| Authenticator::new(config, &mut env));
             let mut presence = CallerPresence;
             let mut ctx = Context {
                 store: &mut tx_store,
@@ -300,7 +352,8 @@ impl KeyOps {
                 "wiped": effects.wiped,
             });
             let action = format!("key.ctap.{}", command_name(command));
-            tx.append_audit(org_id, actor, &action, &format!("key:{key_id}"), detail).await?;
+            tx.append_audit(org_id, actor, &action, &format!("key:{key_id}"), detail)
+                .await?;
         }
         tx.commit().await?;
         drop(volatile);
@@ -315,16 +368,34 @@ mod tests {
     #[test]
     fn errors_classify_for_http() {
         assert!(!KeyOpsError::from(StoreError::NotFound).is_unavailable());
-        assert!(matches!(KeyOpsError::from(StoreError::NotFound), KeyOpsError::NotFound));
+        assert!(matches!(
+            KeyOpsError::from(StoreError::NotFound),
+            KeyOpsError::NotFound
+        ));
         assert!(KeyOpsError::from(VaultError::Pkcs11("down".into())).is_unavailable());
-        assert!(matches!(KeyOpsError::from(VaultError::Integrity), KeyOpsError::Integrity));
+        assert!(matches!(
+            KeyOpsError::from(VaultError::Integrity),
+            KeyOpsError::Integrity
+        ));
         assert!(!KeyOpsError::InvalidRequest("x").is_unavailable());
     }
 
     #[test]
     fn via_follows_policy() {
-        assert_eq!(via_for(&Policy { registration_only: true, preauthorized_uv: false }), "delegated");
-        assert_eq!(via_for(&Policy { registration_only: false, preauthorized_uv: true }), "automated");
+        assert_eq!(
+            via_for(&Policy {
+                registration_only: true,
+                preauthorized_uv: false
+            }),
+            "delegated"
+        );
+        assert_eq!(
+            via_for(&Policy {
+                registration_only: false,
+                preauthorized_uv: true
+            }),
+            "automated"
+        );
         assert_eq!(via_for(&Policy::default()), "user");
         assert_eq!(command_name(0x02), "get_assertion");
         assert_eq!(command_name(0x55), "unknown");

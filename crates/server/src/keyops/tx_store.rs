@@ -46,7 +46,9 @@ pub(super) struct TxStore {
 macro_rules! on_tx {
     ($s:ident, $tx:ident => $call:expr) => {{
         match $s.tx.as_mut() {
-            None => Err($s.fail(keyward_store::StoreError::Invalid("key transaction is closed".into()))),
+            None => Err($s.fail(keyward_store::StoreError::Invalid(
+                "key transaction is closed".into(),
+            ))),
             Some($tx) => {
                 let r = $s.handle.block_on($call);
                 r.map_err(|e| $s.fail(e))
@@ -100,7 +102,10 @@ impl TxStore {
         stored_from_record(r).map_err(|what| self.corrupt(what))
     }
 
-    fn to_stored_all(&mut self, rs: Vec<CredentialRecord>) -> Result<Vec<StoredCredential>, StoreError> {
+    fn to_stored_all(
+        &mut self,
+        rs: Vec<CredentialRecord>,
+    ) -> Result<Vec<StoredCredential>, StoreError> {
         rs.into_iter().map(|r| self.to_stored(r)).collect()
     }
 }
@@ -136,11 +141,16 @@ pub(super) fn apply_state(r: &mut SecurityKeyRecord, s: &KeyState) {
 
 fn stored_from_record(r: CredentialRecord) -> Result<StoredCredential, &'static str> {
     Ok(StoredCredential {
-        rp_id_hash: <[u8; 32]>::try_from(r.rp_id_hash.as_slice()).map_err(|_| "rp id hash length")?,
+        rp_id_hash: <[u8; 32]>::try_from(r.rp_id_hash.as_slice())
+            .map_err(|_| "rp id hash length")?,
         id: r.credential_id,
         rp_id: r.rp_id,
         rp_name: r.rp_name,
-        user: UserEntity { id: r.user_handle, name: r.user_name, display_name: r.user_display_name },
+        user: UserEntity {
+            id: r.user_handle,
+            name: r.user_name,
+            display_name: r.user_display_name,
+        },
         alg: r.alg,
         public_key_cose: r.public_key_cose,
         sealed_private_key: r.sealed_private_key,
@@ -206,7 +216,11 @@ impl keyward_authenticator::Store for TxStore {
         apply_state(&mut rec, &state);
         on_tx!(self, tx => tx.save_key_state(&rec))?;
         let detail = serde_json::json!({ "pin_retries": state.pin_retries });
-        let (org, actor, target) = (self.org_id, self.actor.clone(), format!("key:{}", self.key_id));
+        let (org, actor, target) = (
+            self.org_id,
+            self.actor.clone(),
+            format!("key:{}", self.key_id),
+        );
         on_tx!(self, tx => tx.append_audit(org, &actor, "key.pin_retry_spent", &target, detail))?;
         // Commit now: a crash between here and the comparison must not give the retry back.
         let tx = self.tx.take();
@@ -216,13 +230,18 @@ impl keyward_authenticator::Store for TxStore {
         }
         // Take the key's lock again for the rest of the operation and re-read its state, which
         // another replica may have changed in between.
-        let reopened = self.handle.block_on(self.store.begin_key(self.org_id, self.key_id));
+        let reopened = self
+            .handle
+            .block_on(self.store.begin_key(self.org_id, self.key_id));
         self.tx = Some(reopened.map_err(|e| self.fail(e))?);
         self.effects.pin_retry_spent = true;
         self.load_state()
     }
 
-    fn credentials_for_rp(&mut self, rp_id_hash: &[u8; 32]) -> Result<Vec<StoredCredential>, StoreError> {
+    fn credentials_for_rp(
+        &mut self,
+        rp_id_hash: &[u8; 32],
+    ) -> Result<Vec<StoredCredential>, StoreError> {
         let rs = on_tx!(self, tx => tx.credentials_for_rp(rp_id_hash))?;
         self.to_stored_all(rs)
     }
@@ -242,7 +261,9 @@ impl keyward_authenticator::Store for TxStore {
     fn insert_credential(&mut self, cred: &StoredCredential) -> Result<(), StoreError> {
         let rec = record_from_stored(cred, &self.actor, self.via);
         on_tx!(self, tx => tx.insert_credential(&rec))?;
-        self.effects.created.push((cred.rp_id.clone(), cred.user.name.clone(), cred.id.clone()));
+        self.effects
+            .created
+            .push((cred.rp_id.clone(), cred.user.name.clone(), cred.id.clone()));
         Ok(())
     }
 

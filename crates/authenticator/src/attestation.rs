@@ -4,8 +4,8 @@
 //! id-fido-gen-ce-aaguid extension carrying the authenticator's AAGUID.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, date_time_ymd,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, date_time_ymd,
 };
 use zeroize::Zeroizing;
 
@@ -55,7 +55,10 @@ pub fn generate_ca(organisation: &str) -> Result<AttestationCa, Error> {
     name.push(DnType::CountryName, ATTESTATION_COUNTRY);
     name.push(DnType::OrganizationName, organisation);
     name.push(DnType::OrganizationalUnitName, ATTESTATION_OU);
-    name.push(DnType::CommonName, format!("{organisation} Keyward Attestation CA"));
+    name.push(
+        DnType::CommonName,
+        format!("{organisation} Keyward Attestation CA"),
+    );
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -77,8 +80,8 @@ pub fn issue_batch_certificate(
     organisation: &str,
 ) -> Result<AttestationKey, Error> {
     let ca_key = KeyPair::try_from(ca.pkcs8_der.as_slice()).map_err(cert_error)?;
-    let ca_params = CertificateParams::from_ca_cert_der(&ca.cert_der.as_slice().into())
-        .map_err(cert_error)?;
+    let ca_params =
+        CertificateParams::from_ca_cert_der(&ca.cert_der.as_slice().into()).map_err(cert_error)?;
     // rcgen signs with the issuer's parsed name; re-self-signing only rebuilds that handle.
     let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_error)?;
 
@@ -99,8 +102,13 @@ pub fn issue_batch_certificate(
     value.extend_from_slice(&aaguid);
     params
         .custom_extensions
-        .push(CustomExtension::from_oid_content(AAGUID_EXTENSION_OID, value));
-    let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(cert_error)?;
+        .push(CustomExtension::from_oid_content(
+            AAGUID_EXTENSION_OID,
+            value,
+        ));
+    let cert = params
+        .signed_by(&key, &ca_cert, &ca_key)
+        .map_err(cert_error)?;
     Ok(AttestationKey {
         cert_chain_der: vec![cert.der().to_vec()],
         pkcs8_der: Zeroizing::new(key.serialize_der()),

@@ -29,7 +29,10 @@ impl Authenticator {
     ) -> CtapResult<Option<Value>> {
         let request = ClientPinRequest::parse(params)?;
         if ctx.policy.registration_only
-            && matches!(request.sub_command, subcommand::SET_PIN | subcommand::CHANGE_PIN)
+            && matches!(
+                request.sub_command,
+                subcommand::SET_PIN | subcommand::CHANGE_PIN
+            )
         {
             return Err(StatusCode::OperationDenied);
         }
@@ -43,7 +46,9 @@ impl Authenticator {
             }
             subcommand::GET_KEY_AGREEMENT => {
                 PinUvAuthProtocol::required(request.pin_uv_auth_protocol)?;
-                Ok(Some(msg::key_agreement_response(self.state.key_agreement.public())))
+                Ok(Some(msg::key_agreement_response(
+                    self.state.key_agreement.public(),
+                )))
             }
             subcommand::SET_PIN => self.set_pin(ctx, &request).map(|()| None),
             subcommand::CHANGE_PIN => self.change_pin(ctx, &request).map(|()| None),
@@ -91,8 +96,14 @@ impl Authenticator {
 
     fn set_pin(&mut self, ctx: &mut Context<'_>, request: &ClientPinRequest) -> CtapResult<()> {
         let (_, secret) = self.shared_secret(request)?;
-        let param = request.pin_uv_auth_param.as_ref().ok_or(StatusCode::MissingParameter)?;
-        let new_pin_enc = request.new_pin_enc.as_ref().ok_or(StatusCode::MissingParameter)?;
+        let param = request
+            .pin_uv_auth_param
+            .as_ref()
+            .ok_or(StatusCode::MissingParameter)?;
+        let new_pin_enc = request
+            .new_pin_enc
+            .as_ref()
+            .ok_or(StatusCode::MissingParameter)?;
         let mut state = ctx.store.load_state()?;
         if state.pin_verifier.is_some() {
             return Err(StatusCode::NotAllowed);
@@ -111,9 +122,18 @@ impl Authenticator {
 
     fn change_pin(&mut self, ctx: &mut Context<'_>, request: &ClientPinRequest) -> CtapResult<()> {
         let (_, secret) = self.shared_secret(request)?;
-        let param = request.pin_uv_auth_param.as_ref().ok_or(StatusCode::MissingParameter)?;
-        let new_pin_enc = request.new_pin_enc.as_ref().ok_or(StatusCode::MissingParameter)?;
-        let pin_hash_enc = request.pin_hash_enc.as_ref().ok_or(StatusCode::MissingParameter)?;
+        let param = request
+            .pin_uv_auth_param
+            .as_ref()
+            .ok_or(StatusCode::MissingParameter)?;
+        let new_pin_enc = request
+            .new_pin_enc
+            .as_ref()
+            .ok_or(StatusCode::MissingParameter)?;
+        let pin_hash_enc = request
+            .pin_hash_enc
+            .as_ref()
+            .ok_or(StatusCode::MissingParameter)?;
         let state = ctx.store.load_state()?;
         check_pin_usable(&state)?;
         let message = [new_pin_enc.as_slice(), pin_hash_enc.as_slice()].concat();
@@ -148,7 +168,10 @@ impl Authenticator {
         rp_id: Option<String>,
     ) -> CtapResult<Value> {
         let (protocol, secret) = self.shared_secret(request)?;
-        let pin_hash_enc = request.pin_hash_enc.as_ref().ok_or(StatusCode::MissingParameter)?;
+        let pin_hash_enc = request
+            .pin_hash_enc
+            .as_ref()
+            .ok_or(StatusCode::MissingParameter)?;
         let state = ctx.store.load_state()?;
         check_pin_usable(&state)?;
         let state = self.verify_pin_hash(ctx, &secret, pin_hash_enc)?;
@@ -229,7 +252,10 @@ fn decrypt_new_pin(
     if padded.len() != PADDED_PIN_LENGTH {
         return Err(StatusCode::InvalidParameter);
     }
-    let len = padded.iter().position(|&b| b == 0).unwrap_or(PADDED_PIN_LENGTH);
+    let len = padded
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(PADDED_PIN_LENGTH);
     if len == PADDED_PIN_LENGTH {
         // No terminating zero: the PIN would be 64 bytes, one more than allowed.
         return Err(StatusCode::PinPolicyViolation);

@@ -27,7 +27,13 @@ impl Authenticator {
                 if let Some(sub) = &request.sub_command_params {
                     message.extend_from_slice(&cbor::encode(sub));
                 }
-                self.use_token(protocol, &message, param, permission::AUTHENTICATOR_CONFIG, None)?;
+                self.use_token(
+                    protocol,
+                    &message,
+                    param,
+                    permission::AUTHENTICATOR_CONFIG,
+                    None,
+                )?;
             }
             // A key without PIN and without alwaysUv has no way to verify anyone (§6.11.1).
             None if state.pin_verifier.is_some() || state.always_uv => {

@@ -2,7 +2,10 @@
 
 use keyward_ctap::cbor::{self, Value};
 use keyward_ctap::ctap2::cred_mgmt::subcommand;
-use keyward_ctap::ctap2::{CredentialManagementRequest, PublicKeyCredentialDescriptor, PublicKeyCredentialUserEntity, permission};
+use keyward_ctap::ctap2::{
+    CredentialManagementRequest, PublicKeyCredentialDescriptor, PublicKeyCredentialUserEntity,
+    permission,
+};
 use keyward_ctap::status::StatusCode;
 
 use crate::crypto::sha256;
@@ -82,9 +85,10 @@ impl Authenticator {
                 Ok(Some(response))
             }
             subcommand::ENUMERATE_RPS_GET_NEXT_RP => match self.state.cred_mgmt.as_mut() {
-                Some(CredMgmtCursor::Rps { remaining, deadline_ms })
-                    if now <= *deadline_ms && !remaining.is_empty() =>
-                {
+                Some(CredMgmtCursor::Rps {
+                    remaining,
+                    deadline_ms,
+                }) if now <= *deadline_ms && !remaining.is_empty() => {
                     let next = remaining.remove(0);
                     *deadline_ms = now + STATEFUL_COMMAND_TIMEOUT_MS;
                     Ok(Some(rp_entry(&next)))
@@ -93,9 +97,10 @@ impl Authenticator {
             },
             subcommand::ENUMERATE_CREDENTIALS_GET_NEXT_CREDENTIAL => {
                 match self.state.cred_mgmt.as_mut() {
-                    Some(CredMgmtCursor::Credentials { remaining, deadline_ms })
-                        if now <= *deadline_ms && !remaining.is_empty() =>
-                    {
+                    Some(CredMgmtCursor::Credentials {
+                        remaining,
+                        deadline_ms,
+                    }) if now <= *deadline_ms && !remaining.is_empty() => {
                         let next = remaining.remove(0);
                         *deadline_ms = now + STATEFUL_COMMAND_TIMEOUT_MS;
                         Ok(Some(credential_entry(&next)?))
@@ -104,7 +109,10 @@ impl Authenticator {
                 }
             }
             subcommand::DELETE_CREDENTIAL => {
-                let id = request.credential_id.ok_or(StatusCode::MissingParameter)?.id;
+                let id = request
+                    .credential_id
+                    .ok_or(StatusCode::MissingParameter)?
+                    .id;
                 self.check_rp_binding(ctx, &id)?;
                 if !ctx.store.delete_credential(&id)? {
                     return Err(StatusCode::NoCredentials);
@@ -113,14 +121,21 @@ impl Authenticator {
                 Ok(None)
             }
             subcommand::UPDATE_USER_INFORMATION => {
-                let id = request.credential_id.ok_or(StatusCode::MissingParameter)?.id;
+                let id = request
+                    .credential_id
+                    .ok_or(StatusCode::MissingParameter)?
+                    .id;
                 let user = request.user.ok_or(StatusCode::MissingParameter)?;
                 let stored = self.check_rp_binding(ctx, &id)?;
                 if stored.user.id != user.id {
                     return Err(StatusCode::InvalidParameter);
                 }
                 // Absent name fields are removed, as the spec asks (§6.8.7).
-                let updated = UserEntity { id: user.id, name: user.name, display_name: user.display_name };
+                let updated = UserEntity {
+                    id: user.id,
+                    name: user.name,
+                    display_name: user.display_name,
+                };
                 if !ctx.store.update_user(&id, &updated)? {
                     return Err(StatusCode::NoCredentials);
                 }
@@ -134,13 +149,22 @@ impl Authenticator {
     /// the cm permission. Metadata and RP enumeration span all RPs, so an RP-bound token may not
     /// run them.
     fn authorise(&mut self, request: &CredentialManagementRequest) -> CtapResult<()> {
-        let param = request.pin_uv_auth_param.as_ref().ok_or(StatusCode::PuatRequired)?;
+        let param = request
+            .pin_uv_auth_param
+            .as_ref()
+            .ok_or(StatusCode::PuatRequired)?;
         let protocol = PinUvAuthProtocol::required(request.pin_uv_auth_protocol)?;
         let mut message = vec![request.sub_command];
         if let Some(sub) = &request.sub_command_params {
             message.extend_from_slice(&cbor::encode(sub));
         }
-        self.use_token(protocol, &message, param, permission::CREDENTIAL_MANAGEMENT, None)?;
+        self.use_token(
+            protocol,
+            &message,
+            param,
+            permission::CREDENTIAL_MANAGEMENT,
+            None,
+        )?;
         let bound = self.state.token.as_ref().and_then(|t| t.rp_id.clone());
         match (request.sub_command, bound) {
             (subcommand::GET_CREDS_METADATA | subcommand::ENUMERATE_RPS_BEGIN, Some(_)) => {
@@ -162,10 +186,10 @@ impl Authenticator {
             .credential(id)?
             .filter(|c| c.discoverable)
             .ok_or(StatusCode::NoCredentials)?;
-        if let Some(bound) = self.state.token.as_ref().and_then(|t| t.rp_id.as_ref()) {
-            if *bound != stored.rp_id {
-                return Err(StatusCode::PinAuthInvalid);
-            }
+        if let Some(bound) = self.state.token.as_ref().and_then(|t| t.rp_id.as_ref())
+            && *bound != stored.rp_id
+        {
+            return Err(StatusCode::PinAuthInvalid);
         }
         Ok(stored)
     }
@@ -199,7 +223,14 @@ fn credential_entry(c: &StoredCredential) -> CtapResult<Value> {
     let public_key = cbor::decode(&c.public_key_cose).map_err(|_| StatusCode::Other)?;
     Ok(cbor::int_map(vec![
         (6, user.to_value(true)),
-        (7, PublicKeyCredentialDescriptor { id: c.id.clone(), is_public_key: true }.to_value()),
+        (
+            7,
+            PublicKeyCredentialDescriptor {
+                id: c.id.clone(),
+                is_public_key: true,
+            }
+            .to_value(),
+        ),
         (8, public_key),
         (10, Value::Unsigned(u64::from(c.cred_protect))),
     ]))

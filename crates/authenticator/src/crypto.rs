@@ -1,9 +1,7 @@
 //! Credential key pairs (ES256, EdDSA), their COSE public keys, signing, and authenticator data.
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
-};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use keyward_ctap::cbor::{self, Value};
 use keyward_ctap::ctap2::alg;
 use keyward_ctap::status::StatusCode;
@@ -96,7 +94,11 @@ pub(crate) fn generate(algorithm: i64) -> Result<NewKey, StatusCode> {
     .map_err(|_| StatusCode::Other)?;
     let pkcs8 = Zeroizing::new(document.as_ref().to_vec());
     let signing = SigningKey::from_pkcs8(algorithm, &pkcs8)?;
-    Ok(NewKey { public_key_cose: signing.public_key_cose(), pkcs8, signing })
+    Ok(NewKey {
+        public_key_cose: signing.public_key_cose(),
+        pkcs8,
+        signing,
+    })
 }
 
 /// The attested credential data of a new credential.
@@ -155,7 +157,10 @@ mod tests {
     fn generated_keys_sign_verifiably_and_encode_canonical_cose() {
         let es = generate(alg::ES256).expect("es256");
         assert_eq!(es.public_key_cose.len(), 77);
-        assert_eq!(&es.public_key_cose[..10], &[0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01, 0x21, 0x58, 0x20]);
+        assert_eq!(
+            &es.public_key_cose[..10],
+            &[0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01, 0x21, 0x58, 0x20]
+        );
         let sig = es.signing.sign(b"hello").expect("sign");
         let EcdsaKeyPairPublic(point) = EcdsaKeyPairPublic::of(&es.signing);
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point)
@@ -165,12 +170,20 @@ mod tests {
         let ed = generate(alg::EDDSA).expect("eddsa");
         let sig = ed.signing.sign(b"hello").expect("sign");
         assert_eq!(sig.len(), 64);
-        let SigningKey::EdDsa(pair) = &ed.signing else { panic!("eddsa") };
+        let SigningKey::EdDsa(pair) = &ed.signing else {
+            panic!("eddsa")
+        };
         UnparsedPublicKey::new(&ED25519, pair.public_key().as_ref())
             .verify(b"hello", &sig)
             .expect("verifies");
-        assert!(matches!(generate(-257), Err(StatusCode::UnsupportedAlgorithm)));
-        assert!(matches!(SigningKey::from_pkcs8(alg::ES256, b"junk"), Err(StatusCode::Other)));
+        assert!(matches!(
+            generate(-257),
+            Err(StatusCode::UnsupportedAlgorithm)
+        ));
+        assert!(matches!(
+            SigningKey::from_pkcs8(alg::ES256, b"junk"),
+            Err(StatusCode::Other)
+        ));
     }
 
     struct EcdsaKeyPairPublic(Vec<u8>);
@@ -190,7 +203,11 @@ mod tests {
         assert_eq!(data[32], flags::UP);
         assert_eq!(&data[33..], &[0, 0, 0, 5]);
         let ext = cbor::text_map(vec![("credProtect", Value::Unsigned(2))]);
-        let attested = AttestedCredential { aaguid: &[1; 16], credential_id: &[2; 32], public_key_cose: &[3; 77] };
+        let attested = AttestedCredential {
+            aaguid: &[1; 16],
+            credential_id: &[2; 32],
+            public_key_cose: &[3; 77],
+        };
         let data = auth_data(&[9; 32], flags::UP, 0, Some(attested), Some(&ext));
         assert_eq!(data[32], flags::UP | flags::AT | flags::ED);
         assert_eq!(&data[53..55], &[0, 32]);

@@ -46,7 +46,10 @@ pub(crate) fn make_credential(
         outputs.push(("credBlob", Value::Bool(fits)));
     }
     if input.min_pin_length && state.min_pin_length_rp_ids.iter().any(|id| id == rp_id) {
-        outputs.push(("minPinLength", Value::Unsigned(u64::from(state.min_pin_length))));
+        outputs.push((
+            "minPinLength",
+            Value::Unsigned(u64::from(state.min_pin_length)),
+        ));
     }
     MakeCredentialOutcome {
         cred_protect,
@@ -70,7 +73,8 @@ impl Authenticator {
             let blob = credential.cred_blob.clone().unwrap_or_default();
             outputs.push(("credBlob", Value::Bytes(blob)));
         }
-        if let (Some(hmac_input), Some(sealed)) = (&input.hmac_secret, &credential.sealed_cred_random)
+        if let (Some(hmac_input), Some(sealed)) =
+            (&input.hmac_secret, &credential.sealed_cred_random)
         {
             let protocol = PinUvAuthProtocol::from_number(hmac_input.pin_uv_auth_protocol)?;
             let secret = self
@@ -88,13 +92,20 @@ impl Authenticator {
             if cred_random.len() != 64 {
                 return Err(StatusCode::Other);
             }
-            let random = if user_verified { &cred_random[..32] } else { &cred_random[32..] };
+            let random = if user_verified {
+                &cred_random[..32]
+            } else {
+                &cred_random[32..]
+            };
             let key = hmac::Key::new(hmac::HMAC_SHA256, random);
             let mut output = Zeroizing::new(Vec::with_capacity(64));
             for salt in salts.chunks(32) {
                 output.extend_from_slice(hmac::sign(&key, salt).as_ref());
             }
-            outputs.push(("hmac-secret", Value::Bytes(secret.encrypt(ctx.env, &output)?)));
+            outputs.push((
+                "hmac-secret",
+                Value::Bytes(secret.encrypt(ctx.env, &output)?),
+            ));
         }
         Ok((!outputs.is_empty()).then(|| cbor::text_map(outputs)))
     }

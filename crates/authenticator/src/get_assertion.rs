@@ -17,7 +17,11 @@ impl Authenticator {
         params: Option<&Value>,
     ) -> CtapResult<Value> {
         let request = GetAssertionRequest::parse(params)?;
-        if request.pin_uv_auth_param.as_ref().is_some_and(Vec::is_empty) {
+        if request
+            .pin_uv_auth_param
+            .as_ref()
+            .is_some_and(Vec::is_empty)
+        {
             return Err(self.pin_probe(ctx, PresenceKind::GetAssertion, &request.rp_id));
         }
         let protocol = match &request.pin_uv_auth_param {
@@ -104,7 +108,10 @@ impl Authenticator {
         }
         let next = cursor.remaining.remove(0);
         // Re-read the row: a credential deleted meanwhile is not served from the cursor.
-        let current = ctx.store.credential(&next.id)?.ok_or(StatusCode::NoCredentials)?;
+        let current = ctx
+            .store
+            .credential(&next.id)?
+            .ok_or(StatusCode::NoCredentials)?;
         let response = self.assert_one(
             ctx,
             &cursor.request,
@@ -135,17 +142,18 @@ impl Authenticator {
                 .into_iter()
                 .filter(|c| c.discoverable && (c.cred_protect == 1 || user_verified))
                 .collect();
-            found.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+            found.sort_by_key(|c| std::cmp::Reverse(c.created_at_ms));
             return Ok(found);
         }
         let mut found = Vec::new();
         for descriptor in request.allow_list.iter().filter(|d| d.is_public_key) {
-            if let Some(c) = ctx.store.credential(&descriptor.id)? {
-                if &c.rp_id_hash == rp_id_hash && (c.cred_protect < 3 || user_verified) {
-                    found.push(c);
-                    // With an allowList the authenticator answers with one credential.
-                    break;
-                }
+            if let Some(c) = ctx.store.credential(&descriptor.id)?
+                && &c.rp_id_hash == rp_id_hash
+                && (c.cred_protect < 3 || user_verified)
+            {
+                found.push(c);
+                // With an allowList the authenticator answers with one credential.
+                break;
             }
         }
         Ok(found)
@@ -177,15 +185,22 @@ impl Authenticator {
             flag_bits |= flags::BS;
         }
         let sign_count = ctx.store.next_sign_count(&credential.id)?;
-        let auth_data =
-            crypto::auth_data(&credential.rp_id_hash, flag_bits, sign_count, None, extensions.as_ref());
+        let auth_data = crypto::auth_data(
+            &credential.rp_id_hash,
+            flag_bits,
+            sign_count,
+            None,
+            extensions.as_ref(),
+        );
         let signed = [auth_data.as_slice(), &request.client_data_hash].concat();
         let signature = self.sign(ctx, credential, &signed)?;
-        let user = credential.discoverable.then(|| PublicKeyCredentialUserEntity {
-            id: credential.user.id.clone(),
-            name: credential.user.name.clone(),
-            display_name: credential.user.display_name.clone(),
-        });
+        let user = credential
+            .discoverable
+            .then(|| PublicKeyCredentialUserEntity {
+                id: credential.user.id.clone(),
+                name: credential.user.name.clone(),
+                display_name: credential.user.display_name.clone(),
+            });
         // Names identify the user: only after user verification (§6.2.2).
         Ok(msg::response(
             &credential.id,

@@ -34,7 +34,10 @@ impl Authenticator {
             versions: vec!["FIDO_2_0".into(), "FIDO_2_1".into()],
             extensions: EXTENSIONS.iter().map(|s| (*s).to_owned()).collect(),
             aaguid: self.config.aaguid,
-            options: options.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            options: options
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
             max_msg_size: MAX_MSG_SIZE,
             pin_uv_auth_protocols: vec![2, 1],
             max_credential_count_in_list: MAX_CREDENTIAL_COUNT_IN_LIST,
@@ -49,7 +52,8 @@ impl Authenticator {
             remaining_discoverable_credentials: self
                 .config
                 .max_discoverable
-                .saturating_sub(discoverable) as u64,
+                .saturating_sub(discoverable)
+                as u64,
         };
         Ok(info.to_value())
     }

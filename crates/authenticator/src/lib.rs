@@ -70,7 +70,10 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// Powers the key up: fresh keyAgreement key, no token, no cursors, reset window opens.
     pub fn new(config: Config, env: &mut dyn Env) -> Self {
-        Self { config, state: Volatile::power_up(env) }
+        Self {
+            config,
+            state: Volatile::power_up(env),
+        }
     }
 
     /// A re-plug: resets all volatile state. The persistent `consecutive_pin_failures` counter
@@ -135,7 +138,11 @@ impl Authenticator {
         permission: u8,
         rp_id: Option<&str>,
     ) -> CtapResult<bool> {
-        let token = self.state.token.as_mut().ok_or(StatusCode::PinAuthInvalid)?;
+        let token = self
+            .state
+            .token
+            .as_mut()
+            .ok_or(StatusCode::PinAuthInvalid)?;
         if token.protocol != protocol || !protocol.verify(token.token.as_ref(), message, param) {
             return Err(StatusCode::PinAuthInvalid);
         }
@@ -168,7 +175,10 @@ impl Authenticator {
         kind: PresenceKind,
         rp_id: &str,
     ) -> StatusCode {
-        let request = PresenceRequest { rp_id: Some(rp_id.to_owned()), kind };
+        let request = PresenceRequest {
+            rp_id: Some(rp_id.to_owned()),
+            kind,
+        };
         if let Err(status) = ctx.presence.confirm(&request) {
             return status;
         }
@@ -204,7 +214,10 @@ impl Authenticator {
     }
 
     fn selection(&mut self, ctx: &mut Context<'_>) -> CtapResult<()> {
-        ctx.presence.confirm(&PresenceRequest { rp_id: None, kind: PresenceKind::Selection })
+        ctx.presence.confirm(&PresenceRequest {
+            rp_id: None,
+            kind: PresenceKind::Selection,
+        })
     }
 }
 
@@ -216,3 +229,7 @@ fn registration_allows(cmd: u8) -> bool {
         command::GET_INFO | command::SELECTION | command::CLIENT_PIN | command::MAKE_CREDENTIAL
     )
 }
+
+#[cfg(test)]
+#[path = "lib_tests.rs"]
+mod tests;

@@ -19,7 +19,11 @@ impl Authenticator {
         params: Option<&Value>,
     ) -> CtapResult<Value> {
         let request = MakeCredentialRequest::parse(params)?;
-        if request.pin_uv_auth_param.as_ref().is_some_and(Vec::is_empty) {
+        if request
+            .pin_uv_auth_param
+            .as_ref()
+            .is_some_and(Vec::is_empty)
+        {
             return Err(self.pin_probe(ctx, PresenceKind::MakeCredential, &request.rp_id));
         }
         let protocol = match &request.pin_uv_auth_param {
@@ -111,8 +115,13 @@ impl Authenticator {
         let key = crypto::generate(algorithm)?;
         let mut id = vec![0u8; 32];
         ctx.env.fill_random(&mut id);
-        let outcome =
-            extensions::make_credential(&request.extensions, &self.config, &state, &request.rp_id, ctx);
+        let outcome = extensions::make_credential(
+            &request.extensions,
+            &self.config,
+            &state,
+            &request.rp_id,
+            ctx,
+        );
         let sealed_cred_random = outcome
             .cred_random
             .as_ref()
@@ -170,7 +179,12 @@ impl Authenticator {
             Attestation::Packed(batch) => {
                 let batch_key = SigningKey::from_pkcs8(alg::ES256, &batch.pkcs8_der)?;
                 let sig = batch_key.sign(&signed)?;
-                let x5c = batch.cert_chain_der.iter().cloned().map(Value::Bytes).collect();
+                let x5c = batch
+                    .cert_chain_der
+                    .iter()
+                    .cloned()
+                    .map(Value::Bytes)
+                    .collect();
                 (
                     "packed",
                     cbor::text_map(vec![
@@ -181,7 +195,8 @@ impl Authenticator {
                 )
             }
         };
-        self.state.cache_key(&id, &credential.sealed_private_key, key.signing);
+        self.state
+            .cache_key(&id, &credential.sealed_private_key, key.signing);
         Ok(msg::response(fmt, auth_data, att_stmt))
     }
 }

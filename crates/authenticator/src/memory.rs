@@ -12,8 +12,8 @@ use keyward_ctap::status::StatusCode;
 use zeroize::Zeroizing;
 
 use crate::{
-    Env, KeyProtection, KeyState, Presence, PresenceRequest, ProtectionError, Store,
-    StoreError, StoredCredential, UserEntity,
+    Env, KeyProtection, KeyState, Presence, PresenceRequest, ProtectionError, Store, StoreError,
+    StoredCredential, UserEntity,
 };
 
 /// A `Store` held in memory. `fail` makes every call fail, to prove that the engine fails closed.
@@ -77,7 +77,12 @@ impl Store for MemoryStore {
 
     fn discoverable_credentials(&mut self) -> Result<Vec<StoredCredential>, StoreError> {
         self.check()?;
-        Ok(self.credentials.iter().filter(|c| c.discoverable).cloned().collect())
+        Ok(self
+            .credentials
+            .iter()
+            .filter(|c| c.discoverable)
+            .cloned()
+            .collect())
     }
 
     fn insert_credential(&mut self, cred: &StoredCredential) -> Result<(), StoreError> {
@@ -149,8 +154,10 @@ impl TestProtection {
         let mut key = Zeroizing::new([0u8; 32]);
         let mut mac = Zeroizing::new([0u8; 32]);
         // A failing system RNG leaves nothing sensible to do in a test helper.
-        rng.fill(key.as_mut()).expect("invariant: system RNG available");
-        rng.fill(mac.as_mut()).expect("invariant: system RNG available");
+        rng.fill(key.as_mut())
+            .expect("invariant: system RNG available");
+        rng.fill(mac.as_mut())
+            .expect("invariant: system RNG available");
         let unbound = UnboundKey::new(&AES_256_GCM, key.as_ref())
             .expect("invariant: 32-byte key fits AES-256-GCM");
         Self {
@@ -206,11 +213,16 @@ impl KeyProtection for TestProtection {
             return Err(ProtectionError::Integrity);
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| ProtectionError::Integrity)?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| ProtectionError::Integrity)?;
         let mut buf = Zeroizing::new(body.to_vec());
         let len = self
             .aead
-            .open_in_place(nonce, Aad::from(Self::aad(credential_id)), buf.as_mut_slice())
+            .open_in_place(
+                nonce,
+                Aad::from(Self::aad(credential_id)),
+                buf.as_mut_slice(),
+            )
             .map_err(|_| ProtectionError::Integrity)?
             .len();
         buf.truncate(len);
@@ -259,7 +271,10 @@ pub struct SystemEnv {
 
 impl SystemEnv {
     pub fn new() -> Self {
-        Self { start: Instant::now(), rng: SystemRandom::new() }
+        Self {
+            start: Instant::now(),
+            rng: SystemRandom::new(),
+        }
     }
 }
 
@@ -298,6 +313,8 @@ impl Env for ManualEnv {
     }
 
     fn fill_random(&mut self, buf: &mut [u8]) {
-        SystemRandom::new().fill(buf).expect("invariant: system RNG available");
+        SystemRandom::new()
+            .fill(buf)
+            .expect("invariant: system RNG available");
     }
 }

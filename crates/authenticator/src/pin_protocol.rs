@@ -2,7 +2,9 @@
 //! keyAgreement key, the shared secret derived from it, encryption and authentication.
 
 use aws_lc_rs::agreement::{self, ECDH_P256, PrivateKey, UnparsedPublicKey};
-use aws_lc_rs::cipher::{AES_256, DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext, UnboundCipherKey};
+use aws_lc_rs::cipher::{
+    AES_256, DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext, UnboundCipherKey,
+};
 use aws_lc_rs::iv::FixedLength;
 use aws_lc_rs::{digest, hkdf, hmac};
 use keyward_ctap::ctap2::CoseEcdhKey;
@@ -68,8 +70,12 @@ impl SharedSecret {
     }
 
     /// Encrypts a whole number of AES blocks; v2 prepends a random IV taken from `env`.
-    pub(crate) fn encrypt(&self, env: &mut dyn Env, plaintext: &[u8]) -> Result<Vec<u8>, StatusCode> {
-        if plaintext.len() % 16 != 0 {
+    pub(crate) fn encrypt(
+        &self,
+        env: &mut dyn Env,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, StatusCode> {
+        if !plaintext.len().is_multiple_of(16) {
             return Err(StatusCode::Other);
         }
         let mut iv = [0u8; 16];
@@ -97,22 +103,33 @@ impl SharedSecret {
                     return Err(StatusCode::InvalidParameter);
                 }
                 let (iv, body) = ciphertext.split_at(16);
-                (<[u8; 16]>::try_from(iv).map_err(|_| StatusCode::InvalidParameter)?, body)
+                (
+                    <[u8; 16]>::try_from(iv).map_err(|_| StatusCode::InvalidParameter)?,
+                    body,
+                )
             }
         };
-        if body.is_empty() || body.len() % 16 != 0 {
+        if body.is_empty() || !body.len().is_multiple_of(16) {
             return Err(StatusCode::InvalidParameter);
         }
         let key = UnboundCipherKey::new(&AES_256, self.aes_key()).map_err(|_| StatusCode::Other)?;
         let key = DecryptingKey::cbc(key).map_err(|_| StatusCode::Other)?;
         let mut buf = Zeroizing::new(body.to_vec());
-        key.decrypt(buf.as_mut_slice(), DecryptionContext::Iv128(FixedLength::from(iv)))
-            .map_err(|_| StatusCode::Other)?;
+        key.decrypt(
+            buf.as_mut_slice(),
+            DecryptionContext::Iv128(FixedLength::from(iv)),
+        )
+        .map_err(|_| StatusCode::Other)?;
         Ok(buf)
     }
 
     pub(crate) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         self.protocol.verify(self.hmac_key(), message, signature)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn hmac_key_for_tests(&self) -> &[u8] {
+        self.hmac_key()
     }
 }
 
@@ -143,7 +160,10 @@ impl KeyAgreement {
             let mut y = [0u8; 32];
             x.copy_from_slice(&point[1..33]);
             y.copy_from_slice(&point[33..65]);
-            return Self { private, public: CoseEcdhKey { x, y } };
+            return Self {
+                private,
+                public: CoseEcdhKey { x, y },
+            };
         }
     }
 
@@ -160,7 +180,7 @@ impl KeyAgreement {
     ) -> Result<SharedSecret, StatusCode> {
         let point = peer.to_sec1();
         let peer = UnparsedPublicKey::new(&ECDH_P256, point.as_slice());
-        let secret = agreement::agree(&self.private, &peer, StatusCode::InvalidParameter, |z| {
+        let secret = agreement::agree(&self.private, peer, StatusCode::InvalidParameter, |z| {
             Ok(kdf(protocol, z))
         })?;
         Ok(SharedSecret { protocol, secret })
@@ -169,7 +189,9 @@ impl KeyAgreement {
 
 fn kdf(protocol: PinUvAuthProtocol, z: &[u8]) -> Zeroizing<Vec<u8>> {
     match protocol {
-        PinUvAuthProtocol::One => Zeroizing::new(digest::digest(&digest::SHA256, z).as_ref().to_vec()),
+        PinUvAuthProtocol::One => {
+            Zeroizing::new(digest::digest(&digest::SHA256, z).as_ref().to_vec())
+        }
         PinUvAuthProtocol::Two => {
             let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[0u8; 32]).extract(z);
             let mut out = Zeroizing::new(vec![0u8; 64]);
@@ -214,7 +236,14 @@ mod tests {
             let mine = ours.shared_secret(protocol, &theirs).expect("agree");
             assert_eq!(mine.secret.as_slice(), platform.secret.as_slice());
             let ct = platform.encrypt(&mut env, &[7u8; 32]).expect("encrypt");
-            assert_eq!(ct.len(), if protocol == PinUvAuthProtocol::One { 32 } else { 48 });
+            assert_eq!(
+                ct.len(),
+                if protocol == PinUvAuthProtocol::One {
+                    32
+                } else {
+                    48
+                }
+            );
             assert_eq!(mine.decrypt(&ct).expect("decrypt").as_slice(), &[7u8; 32]);
             let tag = protocol.authenticate(platform.hmac_key(), b"msg");
             assert!(mine.verify(b"msg", &tag));
@@ -227,16 +256,33 @@ mod tests {
     fn rejects_bad_points_protocols_and_lengths() {
         let mut env = ManualEnv::default();
         let ours = KeyAgreement::generate(&mut env);
-        let off_curve = CoseEcdhKey { x: [1; 32], y: [2; 32] };
+        let off_curve = CoseEcdhKey {
+            x: [1; 32],
+            y: [2; 32],
+        };
         assert!(matches!(
             ours.shared_secret(PinUvAuthProtocol::Two, &off_curve),
             Err(StatusCode::InvalidParameter)
         ));
-        assert_eq!(PinUvAuthProtocol::from_number(3), Err(StatusCode::InvalidParameter));
-        assert_eq!(PinUvAuthProtocol::required(None), Err(StatusCode::MissingParameter));
+        assert_eq!(
+            PinUvAuthProtocol::from_number(3),
+            Err(StatusCode::InvalidParameter)
+        );
+        assert_eq!(
+            PinUvAuthProtocol::required(None),
+            Err(StatusCode::MissingParameter)
+        );
         let (theirs, _) = platform_secret(ours.public(), PinUvAuthProtocol::Two, &mut env);
-        let mine = ours.shared_secret(PinUvAuthProtocol::Two, &theirs).expect("agree");
-        assert!(matches!(mine.decrypt(&[0u8; 20]), Err(StatusCode::InvalidParameter)));
-        assert!(matches!(mine.decrypt(&[0u8; 16]), Err(StatusCode::InvalidParameter)));
+        let mine = ours
+            .shared_secret(PinUvAuthProtocol::Two, &theirs)
+            .expect("agree");
+        assert!(matches!(
+            mine.decrypt(&[0u8; 20]),
+            Err(StatusCode::InvalidParameter)
+        ));
+        assert!(matches!(
+            mine.decrypt(&[0u8; 16]),
+            Err(StatusCode::InvalidParameter)
+        ));
     }
 }

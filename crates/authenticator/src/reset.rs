@@ -10,7 +10,10 @@ impl Authenticator {
         if ctx.env.now_ms().saturating_sub(self.state.power_up_ms) > RESET_WINDOW_MS {
             return Err(StatusCode::NotAllowed);
         }
-        ctx.presence.confirm(&PresenceRequest { rp_id: None, kind: PresenceKind::Reset })?;
+        ctx.presence.confirm(&PresenceRequest {
+            rp_id: None,
+            kind: PresenceKind::Reset,
+        })?;
         ctx.store.wipe()?;
         // Everything derived from the old key state goes with it.
         let power_up_ms = self.state.power_up_ms;

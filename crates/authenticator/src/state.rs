@@ -40,8 +40,14 @@ pub(crate) struct AssertionCursor {
 }
 
 pub(crate) enum CredMgmtCursor {
-    Rps { remaining: Vec<(String, Option<String>)>, deadline_ms: u64 },
-    Credentials { remaining: Vec<StoredCredential>, deadline_ms: u64 },
+    Rps {
+        remaining: Vec<(String, Option<String>)>,
+        deadline_ms: u64,
+    },
+    Credentials {
+        remaining: Vec<StoredCredential>,
+        deadline_ms: u64,
+    },
 }
 
 /// An opened key and the sealed blob it came from, so that a row whose key changed is reopened.
@@ -92,8 +98,13 @@ impl Volatile {
         if self.key_cache.len() >= KEY_CACHE_CAPACITY {
             self.key_cache.clear();
         }
-        self.key_cache
-            .insert(id.to_vec(), CachedKey { sealed: sealed.to_vec(), key });
+        self.key_cache.insert(
+            id.to_vec(),
+            CachedKey {
+                sealed: sealed.to_vec(),
+                key,
+            },
+        );
     }
 
     pub(crate) fn forget_key(&mut self, id: &[u8]) {

@@ -6,8 +6,10 @@
 //!
 //! - [`cbor`]: the CTAP2 canonical CBOR encoder and a strict decoder.
 //! - [`status`]: CTAP status codes, shared by CTAP2 responses and CTAPHID errors.
+//! - [`hid`]: CTAP-HID report framing and the channel state machine.
 //! - [`ctap2`]: CTAP 2.1 command bytes, request parsing and response building.
 
 pub mod cbor;
 pub mod ctap2;
+pub mod hid;
 pub mod status;

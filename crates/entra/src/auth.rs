@@ -40,9 +40,16 @@ pub(crate) fn refresh_margin(lifetime: Duration) -> Duration {
 }
 
 /// Builds the signed client assertion JWT for a certificate credential.
-pub(crate) fn client_assertion(cert: &CertificateCredential, client_id: &str, audience: &str) -> Result<String, EntraError> {
+pub(crate) fn client_assertion(
+    cert: &CertificateCredential,
+    client_id: &str,
+    audience: &str,
+) -> Result<String, EntraError> {
     let sha256 = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, &cert.cert_der));
-    let sha1 = URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &cert.cert_der));
+    let sha1 = URL_SAFE_NO_PAD.encode(digest::digest(
+        &digest::SHA1_FOR_LEGACY_USE_ONLY,
+        &cert.cert_der,
+    ));
     let header = match cert.alg {
         AssertionAlg::Ps256 => json!({"alg": "PS256", "typ": "JWT", "x5t#S256": sha256}),
         AssertionAlg::Rs256 => json!({"alg": "RS256", "typ": "JWT", "x5t": sha1}),
@@ -69,7 +76,12 @@ pub(crate) fn client_assertion(cert: &CertificateCredential, client_id: &str, au
         AssertionAlg::Rs256 => &RSA_PKCS1_SHA256,
     };
     cert.key
-        .sign(alg, &aws_lc_rs::rand::SystemRandom::new(), signing_input.as_bytes(), &mut sig)
+        .sign(
+            alg,
+            &aws_lc_rs::rand::SystemRandom::new(),
+            signing_input.as_bytes(),
+            &mut sig,
+        )
         .map_err(|_| EntraError::config("signing the client assertion failed"))?;
     Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
 }
@@ -83,13 +95,19 @@ pub(crate) async fn request_token(
     credential: &ClientCredential,
 ) -> Result<(Secret, Duration), EntraError> {
     let assertion;
-    let mut form: Vec<(&str, &str)> =
-        vec![("grant_type", "client_credentials"), ("client_id", client_id), ("scope", scope)];
+    let mut form: Vec<(&str, &str)> = vec![
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        ("scope", scope),
+    ];
     match credential {
         ClientCredential::Secret(s) => form.push(("client_secret", s.expose())),
         ClientCredential::Certificate(cert) => {
             assertion = client_assertion(cert, client_id, token_url)?;
-            form.push(("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"));
+            form.push((
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ));
             form.push(("client_assertion", &assertion));
         }
     }
@@ -107,7 +125,10 @@ pub(crate) async fn request_token(
     if status.is_success() {
         let t: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| EntraError::bad_response(format!("token response is not JSON: {e}")))?;
-        let token = t.access_token.filter(|t| !t.is_empty()).ok_or_else(|| EntraError::bad_response("token response has no access_token"))?;
+        let token = t
+            .access_token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| EntraError::bad_response("token response has no access_token"))?;
         let lifetime = Duration::from_secs(t.expires_in.unwrap_or(3599));
         return Ok((Secret::new(token), lifetime));
     }
@@ -118,8 +139,18 @@ pub(crate) async fn request_token(
         let (desc, code, trace) = match &parsed {
             Some(p) => (
                 // The first line of the description is the human part; the rest is trace ids.
-                p.error_description.as_deref().unwrap_or_default().split(" Trace ID:").next().unwrap_or_default().trim().to_string(),
-                p.error_codes.first().map(|c| format!("AADSTS{c}")).or_else(|| p.error.clone()),
+                p.error_description
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(" Trace ID:")
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+                p.error_codes
+                    .first()
+                    .map(|c| format!("AADSTS{c}"))
+                    .or_else(|| p.error.clone()),
                 p.trace_id.clone(),
             ),
             None => (format!("token endpoint answered {status}"), None, None),
@@ -137,7 +168,9 @@ pub(crate) async fn request_token(
 pub(crate) fn without_url(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     if let Some(url) = e.url() {
-        s = s.replace(&format!(" ({url})"), "").replace(url.as_str(), "<url>");
+        s = s
+            .replace(&format!(" ({url})"), "")
+            .replace(url.as_str(), "<url>");
     }
     let mut source = std::error::Error::source(e);
     while let Some(inner) = source {

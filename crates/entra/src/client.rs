@@ -86,7 +86,9 @@ impl GraphClient {
         let authority = validate_base_url("authority_url", &config.authority_url)?;
         let graph_url = validate_base_url("graph_url", &config.graph_url)?;
         if config.tenant_id.is_empty() || config.tenant_id.contains(['/', '?', '#']) {
-            return Err(EntraError::config("tenant_id must be a tenant id or domain name"));
+            return Err(EntraError::config(
+                "tenant_id must be a tenant id or domain name",
+            ));
         }
         if config.client_id.is_empty() {
             return Err(EntraError::config("client_id is empty"));
@@ -138,10 +140,22 @@ impl GraphClient {
         loop {
             attempt += 1;
             let c = &self.inner.config;
-            match request_token(&self.inner.http, &self.inner.token_url, &c.client_id, &self.inner.scope, &c.credential).await {
+            match request_token(
+                &self.inner.http,
+                &self.inner.token_url,
+                &c.client_id,
+                &self.inner.scope,
+                &c.credential,
+            )
+            .await
+            {
                 Ok((token, lifetime)) => {
-                    let refresh_at = Instant::now() + lifetime.saturating_sub(refresh_margin(lifetime));
-                    *cached = Some(CachedToken { token: token.clone(), refresh_at });
+                    let refresh_at =
+                        Instant::now() + lifetime.saturating_sub(refresh_margin(lifetime));
+                    *cached = Some(CachedToken {
+                        token: token.clone(),
+                        refresh_at,
+                    });
                     return Ok(token);
                 }
                 Err(e) if e.kind == ErrorKind::Transport && attempt < retry.max_attempts => {
@@ -159,9 +173,13 @@ impl GraphClient {
     /// Checks that a link Graph gave us (nextLink, deltaLink) points at the configured Graph, so
     /// the bearer token is never sent anywhere else.
     pub(crate) fn check_link(&self, link: &str) -> Result<(), EntraError> {
-        let url = Url::parse(link).map_err(|_| EntraError::bad_response("a paging link is not a URL"))?;
+        let url =
+            Url::parse(link).map_err(|_| EntraError::bad_response("a paging link is not a URL"))?;
         let o = &self.inner.graph_origin;
-        if url.scheme() != o.scheme() || url.host_str() != o.host_str() || url.port_or_known_default() != o.port_or_known_default() {
+        if url.scheme() != o.scheme()
+            || url.host_str() != o.host_str()
+            || url.port_or_known_default() != o.port_or_known_default()
+        {
             return Err(EntraError::bad_response(format!(
                 "a paging link points outside the configured Graph ({})",
                 url.host_str().unwrap_or("?")
@@ -213,7 +231,9 @@ impl GraphClient {
             };
             let status = resp.status();
             let request_id = header(&resp, "request-id");
-            let retry_after = header(&resp, "retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
+            let retry_after = header(&resp, "retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             let body = match resp.bytes().await {
                 Ok(b) => b.to_vec(),
                 Err(e) => {
@@ -234,23 +254,32 @@ impl GraphClient {
                 self.forget_token().await;
                 continue;
             }
-            let throttled = status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+            let throttled = status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::SERVICE_UNAVAILABLE;
             let retryable = throttled
-                || (idempotency == Idempotency::Safe && (status.is_server_error() || status == StatusCode::GATEWAY_TIMEOUT));
+                || (idempotency == Idempotency::Safe
+                    && (status.is_server_error() || status == StatusCode::GATEWAY_TIMEOUT));
             if !retryable || last {
                 return Err(err);
             }
             let delay = match retry_after {
                 Some(d) if d > retry.max_retry_after => {
                     let mut e = err;
-                    e.kind = ErrorKind::Throttled { retry_after: Some(d) };
+                    e.kind = ErrorKind::Throttled {
+                        retry_after: Some(d),
+                    };
                     return Err(e);
                 }
                 // Graph's Retry-After is the wait it wants; no jitter below it.
                 Some(d) => d,
                 None => backoff(retry, attempt),
             };
-            tracing::info!(status = status.as_u16(), request_id = request_id.as_deref().unwrap_or("-"), delay_ms = delay.as_millis() as u64, "graph asked us to wait; retrying");
+            tracing::info!(
+                status = status.as_u16(),
+                request_id = request_id.as_deref().unwrap_or("-"),
+                delay_ms = delay.as_millis() as u64,
+                "graph asked us to wait; retrying"
+            );
             tokio::time::sleep(delay).await;
         }
     }
@@ -261,19 +290,28 @@ impl GraphClient {
         url: &str,
         headers: &[(&str, &str)],
     ) -> Result<(T, Option<String>), EntraError> {
-        let resp = self.send(Method::GET, url, None, headers, Idempotency::Safe).await?;
+        let resp = self
+            .send(Method::GET, url, None, headers, Idempotency::Safe)
+            .await?;
         let v = parse_json(&resp)?;
         Ok((v, resp.request_id))
     }
 }
 
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(resp: &GraphResponse) -> Result<T, EntraError> {
-    serde_json::from_slice(&resp.body)
-        .map_err(|e| EntraError::bad_response(format!("the response is not the expected JSON ({e})")).with_request_id(resp.request_id.clone()))
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    resp: &GraphResponse,
+) -> Result<T, EntraError> {
+    serde_json::from_slice(&resp.body).map_err(|e| {
+        EntraError::bad_response(format!("the response is not the expected JSON ({e})"))
+            .with_request_id(resp.request_id.clone())
+    })
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn transport_error(e: &reqwest::Error, idempotency: Idempotency) -> EntraError {
@@ -286,7 +324,9 @@ fn transport_error(e: &reqwest::Error, idempotency: Idempotency) -> EntraError {
 
 /// Exponential backoff with jitter: a random delay in [d/2, d], d = base × 2^(attempt-1), capped.
 pub(crate) fn backoff(retry: &RetryPolicy, attempt: u32) -> Duration {
-    let exp = retry.base_delay.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let exp = retry
+        .base_delay
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
     let d = exp.min(retry.max_delay);
     let half = d / 2;
     let jitter_ms = rand::thread_rng().gen_range(0..=half.as_millis().max(1) as u64);
@@ -294,15 +334,29 @@ pub(crate) fn backoff(retry: &RetryPolicy, attempt: u32) -> Duration {
 }
 
 /// Maps a Graph error answer onto an [`EntraError`], branching on status and `error.code`.
-pub(crate) fn map_graph_error(status: StatusCode, body: &[u8], request_id: Option<String>, retry_after: Option<Duration>) -> EntraError {
+pub(crate) fn map_graph_error(
+    status: StatusCode,
+    body: &[u8],
+    request_id: Option<String>,
+    retry_after: Option<Duration>,
+) -> EntraError {
     let parsed: Option<GraphErrorEnvelope> = serde_json::from_slice(body).ok();
     let (code, message, inner_id) = match parsed {
         Some(p) => (
             p.error.code,
             p.error.message.unwrap_or_default(),
-            p.error.inner_error.as_ref().and_then(|i| i.get("request-id")).and_then(|v| v.as_str()).map(str::to_owned),
+            p.error
+                .inner_error
+                .as_ref()
+                .and_then(|i| i.get("request-id"))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
         ),
-        None => (None, format!("HTTP {status} without a Graph error body"), None),
+        None => (
+            None,
+            format!("HTTP {status} without a Graph error body"),
+            None,
+        ),
     };
     let kind = match (status.as_u16(), code.as_deref()) {
         (_, Some("syncStateNotFound" | "resyncRequired")) => ErrorKind::DeltaExpired,
@@ -314,7 +368,13 @@ pub(crate) fn map_graph_error(status: StatusCode, body: &[u8], request_id: Optio
         (s, _) if s >= 500 => ErrorKind::Transport,
         _ => ErrorKind::Rejected,
     };
-    EntraError { kind, status: Some(status.as_u16()), code, message, request_id: request_id.or(inner_id) }
+    EntraError {
+        kind,
+        status: Some(status.as_u16()),
+        code,
+        message,
+        request_id: request_id.or(inner_id),
+    }
 }
 
 #[cfg(test)]
@@ -323,12 +383,22 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let r = RetryPolicy { base_delay: Duration::from_millis(100), max_delay: Duration::from_millis(1000), ..RetryPolicy::default() };
+        let r = RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+            ..RetryPolicy::default()
+        };
         for _ in 0..50 {
             let d1 = backoff(&r, 1);
-            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
+            assert!(
+                d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+                "{d1:?}"
+            );
             let d10 = backoff(&r, 10);
-            assert!(d10 >= Duration::from_millis(500) && d10 <= Duration::from_millis(1000), "{d10:?}");
+            assert!(
+                d10 >= Duration::from_millis(500) && d10 <= Duration::from_millis(1000),
+                "{d10:?}"
+            );
         }
     }
 
@@ -337,9 +407,16 @@ mod tests {
         let body = br#"{"error":{"code":"methodNotAllowed","message":"The method is not supported for this URL.","innerError":{"request-id":"rid-1"}}}"#;
         let e = map_graph_error(StatusCode::METHOD_NOT_ALLOWED, body, None, None);
         assert_eq!(e.kind, ErrorKind::ConsentingAdmin);
-        assert_eq!(e.request_id.as_deref(), Some("rid-1"), "falls back to innerError's id");
+        assert_eq!(
+            e.request_id.as_deref(),
+            Some("rid-1"),
+            "falls back to innerError's id"
+        );
         let gone = br#"{"error":{"code":"resyncRequired","message":"x"}}"#;
-        assert_eq!(map_graph_error(StatusCode::GONE, gone, None, None).kind, ErrorKind::DeltaExpired);
+        assert_eq!(
+            map_graph_error(StatusCode::GONE, gone, None, None).kind,
+            ErrorKind::DeltaExpired
+        );
         let e = map_graph_error(StatusCode::BAD_GATEWAY, b"<html>", Some("h".into()), None);
         assert_eq!(e.kind, ErrorKind::Transport);
         assert_eq!(e.request_id.as_deref(), Some("h"));

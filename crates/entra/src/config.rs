@@ -54,9 +54,16 @@ pub struct CertificateCredential {
 
 impl CertificateCredential {
     /// From a DER certificate and an unencrypted PKCS#8 DER RSA private key.
-    pub fn from_der(cert_der: Vec<u8>, key_pkcs8_der: &[u8], alg: AssertionAlg) -> Result<Self, EntraError> {
-        let key = RsaKeyPair::from_pkcs8(key_pkcs8_der)
-            .map_err(|e| EntraError::config(format!("the certificate's private key is not a usable RSA PKCS#8 key ({e})")))?;
+    pub fn from_der(
+        cert_der: Vec<u8>,
+        key_pkcs8_der: &[u8],
+        alg: AssertionAlg,
+    ) -> Result<Self, EntraError> {
+        let key = RsaKeyPair::from_pkcs8(key_pkcs8_der).map_err(|e| {
+            EntraError::config(format!(
+                "the certificate's private key is not a usable RSA PKCS#8 key ({e})"
+            ))
+        })?;
         if cert_der.first() != Some(&0x30) {
             return Err(EntraError::config("the certificate is not DER"));
         }
@@ -73,17 +80,28 @@ impl CertificateCredential {
 
 impl fmt::Debug for CertificateCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertificateCredential").field("alg", &self.alg).finish_non_exhaustive()
+        f.debug_struct("CertificateCredential")
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
     }
 }
 
 fn pem_block(text: &str, label: &str) -> Result<Vec<u8>, EntraError> {
     let begin = format!("-----BEGIN {label}-----");
     let end = format!("-----END {label}-----");
-    let start = text.find(&begin).ok_or_else(|| EntraError::config(format!("no {label} PEM block found")))?;
+    let start = text
+        .find(&begin)
+        .ok_or_else(|| EntraError::config(format!("no {label} PEM block found")))?;
     let body = &text[start + begin.len()..];
-    let stop = body.find(&end).ok_or_else(|| EntraError::config(format!("the {label} PEM block has no end line")))?;
-    let b64: Zeroizing<String> = Zeroizing::new(body[..stop].chars().filter(|c| !c.is_whitespace()).collect());
+    let stop = body
+        .find(&end)
+        .ok_or_else(|| EntraError::config(format!("the {label} PEM block has no end line")))?;
+    let b64: Zeroizing<String> = Zeroizing::new(
+        body[..stop]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect(),
+    );
     base64::engine::general_purpose::STANDARD
         .decode(b64.as_bytes())
         .map_err(|_| EntraError::config(format!("the {label} PEM block is not base64")))
@@ -137,7 +155,11 @@ pub struct EntraConfig {
 }
 
 impl EntraConfig {
-    pub fn new(tenant_id: impl Into<String>, client_id: impl Into<String>, credential: ClientCredential) -> Self {
+    pub fn new(
+        tenant_id: impl Into<String>,
+        client_id: impl Into<String>,
+        credential: ClientCredential,
+    ) -> Self {
         EntraConfig {
             tenant_id: tenant_id.into(),
             client_id: client_id.into(),
@@ -168,17 +190,30 @@ impl EntraConfig {
 /// Parses a base URL: `https://` anywhere, `http://` only for loopback hosts (simulators, tests),
 /// no query or fragment. Returns it without a trailing slash.
 pub fn validate_base_url(name: &str, raw: &str) -> Result<String, EntraError> {
-    let url = Url::parse(raw.trim()).map_err(|e| EntraError::config(format!("{name} is not a URL: {e}")))?;
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
-        return Err(EntraError::config(format!("{name} must be a plain base URL (no query, fragment or credentials)")));
+    let url = Url::parse(raw.trim())
+        .map_err(|e| EntraError::config(format!("{name} is not a URL: {e}")))?;
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(EntraError::config(format!(
+            "{name} must be a plain base URL (no query, fragment or credentials)"
+        )));
     }
     match url.scheme() {
         "https" => {}
         "http" if is_loopback(&url) => {}
         "http" => {
-            return Err(EntraError::config(format!("{name} must use https:// (plain http:// is accepted only for loopback hosts)")));
+            return Err(EntraError::config(format!(
+                "{name} must use https:// (plain http:// is accepted only for loopback hosts)"
+            )));
         }
-        other => return Err(EntraError::config(format!("{name} has an unsupported scheme '{other}'"))),
+        other => {
+            return Err(EntraError::config(format!(
+                "{name} has an unsupported scheme '{other}'"
+            )));
+        }
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(EntraError::config(format!("{name} has no host")));
@@ -187,7 +222,9 @@ pub fn validate_base_url(name: &str, raw: &str) -> Result<String, EntraError> {
 }
 
 pub(crate) fn is_loopback(url: &Url) -> bool {
-    let Some(host) = url.host_str() else { return false };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     match bare.parse::<IpAddr>() {
         Ok(ip) => ip.is_loopback(),
@@ -201,16 +238,21 @@ mod tests {
 
     #[test]
     fn http_only_for_loopback() {
-        assert_eq!(validate_base_url("graph_url", "http://127.0.0.1:8080/").expect("loopback v4"), "http://127.0.0.1:8080");
+        assert_eq!(
+            validate_base_url("graph_url", "http://127.0.0.1:8080/").expect("loopback v4"),
+            "http://127.0.0.1:8080"
+        );
         assert!(validate_base_url("graph_url", "http://[::1]:9/").is_ok());
         assert!(validate_base_url("graph_url", "http://localhost:9").is_ok());
-        let e = validate_base_url("graph_url", "http://graph.microsoft.com").expect_err("plain http to a real host");
+        let e = validate_base_url("graph_url", "http://graph.microsoft.com")
+            .expect_err("plain http to a real host");
         assert!(e.reason().contains("https"), "{}", e.reason());
         assert!(validate_base_url("graph_url", "http://127.0.0.1.evil.example").is_err());
         assert!(validate_base_url("graph_url", "ftp://127.0.0.1").is_err());
         assert!(validate_base_url("graph_url", "https://graph.microsoft.us?x=1").is_err());
         assert_eq!(
-            validate_base_url("authority_url", "https://login.microsoftonline.us").expect("sovereign"),
+            validate_base_url("authority_url", "https://login.microsoftonline.us")
+                .expect("sovereign"),
             "https://login.microsoftonline.us"
         );
     }

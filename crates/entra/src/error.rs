@@ -63,7 +63,13 @@ impl fmt::Display for EntraError {
 
 impl EntraError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        EntraError { kind, status: None, code: None, message: message.into(), request_id: None }
+        EntraError {
+            kind,
+            status: None,
+            code: None,
+            message: message.into(),
+            request_id: None,
+        }
     }
 
     pub(crate) fn config(message: impl Into<String>) -> Self {
@@ -72,7 +78,12 @@ impl EntraError {
 
     pub(crate) fn bad_response(detail: impl Into<String>) -> Self {
         let detail = detail.into();
-        Self::new(ErrorKind::BadResponse { detail: detail.clone() }, detail)
+        Self::new(
+            ErrorKind::BadResponse {
+                detail: detail.clone(),
+            },
+            detail,
+        )
     }
 
     pub(crate) fn transport(message: impl Into<String>) -> Self {
@@ -96,7 +107,10 @@ impl EntraError {
 
     /// Whether trying the same thing later may succeed without anyone changing anything.
     pub fn is_transient(&self) -> bool {
-        matches!(self.kind, ErrorKind::Throttled { .. } | ErrorKind::Transport)
+        matches!(
+            self.kind,
+            ErrorKind::Throttled { .. } | ErrorKind::Transport
+        )
     }
 
     /// A sentence an admin can act on.
@@ -131,11 +145,17 @@ mod tests {
 
     #[test]
     fn display_carries_code_and_request_id() {
-        let mut e = EntraError::new(ErrorKind::ConsentingAdmin, "The method is not supported for this URL.");
+        let mut e = EntraError::new(
+            ErrorKind::ConsentingAdmin,
+            "The method is not supported for this URL.",
+        );
         e.code = Some("methodNotAllowed".into());
         e.request_id = Some("abc-123".into());
         let s = e.to_string();
-        assert!(s.contains("405") && s.contains("methodNotAllowed") && s.contains("abc-123"), "{s}");
+        assert!(
+            s.contains("405") && s.contains("methodNotAllowed") && s.contains("abc-123"),
+            "{s}"
+        );
         assert!(!e.is_transient());
         assert!(EntraError::transport("x").is_transient());
     }

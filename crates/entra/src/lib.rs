@@ -27,13 +27,16 @@ mod users;
 
 pub use client::{ApiVersion, GraphClient};
 pub use config::{
-    AssertionAlg, CertificateCredential, ClientCredential, DEFAULT_AUTHORITY_URL, DEFAULT_GRAPH_URL, EntraConfig, RetryPolicy,
-    Secret, validate_base_url,
+    AssertionAlg, CertificateCredential, ClientCredential, DEFAULT_AUTHORITY_URL,
+    DEFAULT_GRAPH_URL, EntraConfig, RetryPolicy, Secret, validate_base_url,
 };
 pub use error::{EntraError, ErrorKind};
-pub use methods::{Fido2Policy, KeyRestrictions, OurAuthenticator, PolicyTarget, Preflight, TapRequest, TemporaryAccessPass};
+pub use methods::{
+    Fido2Policy, KeyRestrictions, OurAuthenticator, PolicyTarget, Preflight, TapRequest,
+    TemporaryAccessPass,
+};
 pub use passkeys::{
-    AuthenticatorRequest, CreationOptions, Fido2Method, Registration, SUPPORTED_ALGORITHMS, client_data_json,
-    decode_credential_id,
+    AuthenticatorRequest, CreationOptions, Fido2Method, Registration, SUPPORTED_ALGORITHMS,
+    client_data_json, decode_credential_id,
 };
 pub use users::{DirectoryUser, USER_SELECT, UserPage, UserPages, UserSource};

@@ -124,7 +124,7 @@ pub fn decode_credential_id(s: &str) -> Result<Vec<Vec<u8>>, EntraError> {
             && let Some(pad) = last.to_digit(10).filter(|d| *d <= 2)
         {
             let body = &s[..s.len() - 1];
-            if (body.len() + pad as usize) % 4 == 0
+            if (body.len() + pad as usize).is_multiple_of(4)
                 && let Ok(b) = URL_SAFE_NO_PAD.decode(body)
                 && !out.contains(&b)
             {
@@ -133,7 +133,9 @@ pub fn decode_credential_id(s: &str) -> Result<Vec<Vec<u8>>, EntraError> {
         }
     }
     if out.is_empty() {
-        return Err(EntraError::bad_response(format!("credential id '{s}' is not base64 in any known form")));
+        return Err(EntraError::bad_response(format!(
+            "credential id '{s}' is not base64 in any known form"
+        )));
     }
     Ok(out)
 }
@@ -157,8 +159,13 @@ impl CreationOptions {
             .decode(pk.user.id.trim_end_matches('='))
             .or_else(|_| STANDARD.decode(&pk.user.id))
             .map_err(|_| EntraError::bad_response("creationOptions user.id is not base64url"))?;
-        if URL_SAFE_NO_PAD.decode(pk.challenge.trim_end_matches('=')).is_err() {
-            return Err(EntraError::bad_response("creationOptions challenge is not base64url"));
+        if URL_SAFE_NO_PAD
+            .decode(pk.challenge.trim_end_matches('='))
+            .is_err()
+        {
+            return Err(EntraError::bad_response(
+                "creationOptions challenge is not base64url",
+            ));
         }
         let mut exclude = Vec::new();
         for d in pk.exclude_credentials.unwrap_or_default() {
@@ -175,9 +182,15 @@ impl CreationOptions {
             challenge: pk.challenge,
             algorithms: pk.pub_key_cred_params.iter().map(|p| p.alg).collect(),
             exclude_credentials: exclude,
-            resident_key_required: sel.get("requireResidentKey").and_then(Value::as_bool).unwrap_or(false)
+            resident_key_required: sel
+                .get("requireResidentKey")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
                 || sel.get("residentKey").and_then(Value::as_str) == Some("required"),
-            user_verification: sel.get("userVerification").and_then(Value::as_str).map(str::to_owned),
+            user_verification: sel
+                .get("userVerification")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             attestation: pk.attestation,
             extensions: pk.extensions.unwrap_or(Value::Null),
         })
@@ -199,12 +212,19 @@ impl CreationOptions {
         let algorithms: Vec<i64> = if self.algorithms.is_empty() {
             vec![-7]
         } else {
-            self.algorithms.iter().copied().filter(|a| SUPPORTED_ALGORITHMS.contains(a)).collect()
+            self.algorithms
+                .iter()
+                .copied()
+                .filter(|a| SUPPORTED_ALGORITHMS.contains(a))
+                .collect()
         };
         if algorithms.is_empty() {
             return Err(EntraError::new(
                 ErrorKind::Policy,
-                format!("Entra offers only algorithms {:?}; the key supports ES256 and EdDSA", self.algorithms),
+                format!(
+                    "Entra offers only algorithms {:?}; the key supports ES256 and EdDSA",
+                    self.algorithms
+                ),
             ));
         }
         let hash = digest::digest(&digest::SHA256, &self.client_data_json());
@@ -262,12 +282,26 @@ struct MethodList {
 impl GraphClient {
     /// `GET …/fido2Methods/creationOptions`: v1.0 (fixed 5-minute challenge) when
     /// `challenge_timeout_minutes` is `None`, beta with `(challengeTimeoutInMinutes=N)` otherwise.
-    pub async fn creation_options(&self, user: &str, challenge_timeout_minutes: Option<u32>) -> Result<CreationOptions, EntraError> {
-        let base = format!("/users/{}/authentication/fido2Methods/creationOptions", encode_segment(user));
+    pub async fn creation_options(
+        &self,
+        user: &str,
+        challenge_timeout_minutes: Option<u32>,
+    ) -> Result<CreationOptions, EntraError> {
+        let base = format!(
+            "/users/{}/authentication/fido2Methods/creationOptions",
+            encode_segment(user)
+        );
         let url = match challenge_timeout_minutes {
             None => self.url(ApiVersion::V1, &base),
-            Some(m) if (5..=43200).contains(&m) => self.url(ApiVersion::Beta, &format!("{base}(challengeTimeoutInMinutes={m})")),
-            Some(m) => return Err(EntraError::config(format!("challenge timeout {m} is outside 5–43200 minutes"))),
+            Some(m) if (5..=43200).contains(&m) => self.url(
+                ApiVersion::Beta,
+                &format!("{base}(challengeTimeoutInMinutes={m})"),
+            ),
+            Some(m) => {
+                return Err(EntraError::config(format!(
+                    "challenge timeout {m} is outside 5–43200 minutes"
+                )));
+            }
         };
         let (raw, _): (RawOptions, _) = self.get_json(&url, &[]).await.map_err(|mut e| {
             // A 400 here is Entra's policy speaking: FIDO2 disabled, self-service off, scope.
@@ -281,7 +315,12 @@ impl GraphClient {
 
     /// `POST …/fido2Methods`. Not retried after an ambiguous failure: a credential must not be
     /// registered twice; on a Transport error, list the user's methods before trying again.
-    pub async fn register_passkey(&self, user: &str, reg: &Registration, version: ApiVersion) -> Result<Fido2Method, EntraError> {
+    pub async fn register_passkey(
+        &self,
+        user: &str,
+        reg: &Registration,
+        version: ApiVersion,
+    ) -> Result<Fido2Method, EntraError> {
         let body = json!({
             "displayName": reg.display_name,
             "publicKeyCredential": {
@@ -293,13 +332,27 @@ impl GraphClient {
                 "clientExtensionResults": reg.client_extension_results,
             }
         });
-        let url = self.url(version, &format!("/users/{}/authentication/fido2Methods", encode_segment(user)));
-        let resp = self.send(Method::POST, &url, Some(&body), &[], Idempotency::Unsafe).await?;
+        let url = self.url(
+            version,
+            &format!(
+                "/users/{}/authentication/fido2Methods",
+                encode_segment(user)
+            ),
+        );
+        let resp = self
+            .send(Method::POST, &url, Some(&body), &[], Idempotency::Unsafe)
+            .await?;
         parse_json(&resp)
     }
 
     pub async fn list_passkeys(&self, user: &str) -> Result<Vec<Fido2Method>, EntraError> {
-        let url = self.url(ApiVersion::V1, &format!("/users/{}/authentication/fido2Methods", encode_segment(user)));
+        let url = self.url(
+            ApiVersion::V1,
+            &format!(
+                "/users/{}/authentication/fido2Methods",
+                encode_segment(user)
+            ),
+        );
         let (list, _): (MethodList, _) = self.get_json(&url, &[]).await?;
         Ok(list.value)
     }
@@ -308,9 +361,15 @@ impl GraphClient {
     pub async fn delete_passkey(&self, user: &str, method_id: &str) -> Result<(), EntraError> {
         let url = self.url(
             ApiVersion::V1,
-            &format!("/users/{}/authentication/fido2Methods/{}", encode_segment(user), encode_segment(method_id)),
+            &format!(
+                "/users/{}/authentication/fido2Methods/{}",
+                encode_segment(user),
+                encode_segment(method_id)
+            ),
         );
-        self.send(Method::DELETE, &url, None, &[], Idempotency::Safe).await.map(|_| ())
+        self.send(Method::DELETE, &url, None, &[], Idempotency::Safe)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -320,13 +379,23 @@ mod tests {
 
     #[test]
     fn credential_ids_in_all_three_forms() {
-        let bytes: Vec<u8> = (0u8..16).map(|i| i.wrapping_mul(37).wrapping_add(250)).collect();
+        let bytes: Vec<u8> = (0u8..16)
+            .map(|i| i.wrapping_mul(37).wrapping_add(250))
+            .collect();
         let url = URL_SAFE_NO_PAD.encode(&bytes);
         let std = STANDARD.encode(&bytes);
         let token = format!("{url}2"); // 16 bytes -> two '=' stripped
-        assert!(decode_credential_id(&url).expect("base64url").contains(&bytes));
+        assert!(
+            decode_credential_id(&url)
+                .expect("base64url")
+                .contains(&bytes)
+        );
         assert_eq!(decode_credential_id(&std).expect("standard")[0], bytes);
-        assert!(decode_credential_id(&token).expect("UrlToken").contains(&bytes));
+        assert!(
+            decode_credential_id(&token)
+                .expect("UrlToken")
+                .contains(&bytes)
+        );
         assert!(decode_credential_id("!!!").is_err());
     }
 
@@ -366,6 +435,12 @@ mod tests {
         assert_eq!(r.client_data_hash.as_slice(), expected.as_ref());
         let mut only_rsa = o.clone();
         only_rsa.algorithms = vec![-257];
-        assert_eq!(only_rsa.authenticator_request().expect_err("no common alg").kind, ErrorKind::Policy);
+        assert_eq!(
+            only_rsa
+                .authenticator_request()
+                .expect_err("no common alg")
+                .kind,
+            ErrorKind::Policy
+        );
     }
 }

@@ -88,11 +88,21 @@ impl GraphClient {
             UserSource::Delta { delta_link: Some(link) } => (Some(link.clone()), false),
             UserSource::Delta { delta_link: None } => (Some(self.initial_delta_url()), true),
         };
-        UserPages { client: self.clone(), source, next, full_start, resets: 0, done: false }
+        UserPages {
+            client: self.clone(),
+            source,
+            next,
+            full_start,
+            resets: 0,
+            done: false,
+        }
     }
 
     fn initial_delta_url(&self) -> String {
-        self.url(ApiVersion::V1, &format!("/users/delta?$select={USER_SELECT}"))
+        self.url(
+            ApiVersion::V1,
+            &format!("/users/delta?$select={USER_SELECT}"),
+        )
     }
 }
 
@@ -118,9 +128,16 @@ impl UserPages {
         let url = self.next.take()?;
         match self.fetch(&url).await {
             Ok(page) => Some(Ok(page)),
-            Err(e) if e.kind == ErrorKind::DeltaExpired && matches!(self.source, UserSource::Delta { .. }) && self.resets < 2 => {
+            Err(e)
+                if e.kind == ErrorKind::DeltaExpired
+                    && matches!(self.source, UserSource::Delta { .. })
+                    && self.resets < 2 =>
+            {
                 // Graph forgot the sync state: start a full round, as its documentation says.
-                tracing::info!(request_id = e.request_id.as_deref().unwrap_or("-"), "delta link expired; starting a full sync");
+                tracing::info!(
+                    request_id = e.request_id.as_deref().unwrap_or("-"),
+                    "delta link expired; starting a full sync"
+                );
                 self.resets += 1;
                 self.full_start = true;
                 let url = self.client.initial_delta_url();
@@ -147,11 +164,18 @@ impl UserPages {
             _ => &[],
         };
         let (raw, request_id): (RawPage, _) = self.client.get_json(url, headers).await?;
-        let mut page = UserPage { full_round_starts: self.full_start, request_id, ..UserPage::default() };
+        let mut page = UserPage {
+            full_round_starts: self.full_start,
+            request_id,
+            ..UserPage::default()
+        };
         self.full_start = false;
         for v in raw.value {
             if v.get("@removed").is_some() {
-                let id = v.get("id").and_then(|i| i.as_str()).ok_or_else(|| EntraError::bad_response("a removed entry has no id"))?;
+                let id = v
+                    .get("id")
+                    .and_then(|i| i.as_str())
+                    .ok_or_else(|| EntraError::bad_response("a removed entry has no id"))?;
                 page.removed.push(id.to_string());
                 continue;
             }
@@ -161,8 +185,10 @@ impl UserPages {
             {
                 continue;
             }
-            let user: DirectoryUser = serde_json::from_value(v)
-                .map_err(|e| EntraError::bad_response(format!("a user entry is malformed ({e})")).with_request_id(page.request_id.clone()))?;
+            let user: DirectoryUser = serde_json::from_value(v).map_err(|e| {
+                EntraError::bad_response(format!("a user entry is malformed ({e})"))
+                    .with_request_id(page.request_id.clone())
+            })?;
             page.users.push(user);
         }
         match (raw.next_link, raw.delta_link) {
@@ -175,7 +201,9 @@ impl UserPages {
                     self.client.check_link(d)?;
                 }
                 if matches!(self.source, UserSource::Delta { .. }) && delta.is_none() {
-                    return Err(EntraError::bad_response("the last delta page has no @odata.deltaLink"));
+                    return Err(EntraError::bad_response(
+                        "the last delta page has no @odata.deltaLink",
+                    ));
                 }
                 page.delta_link = delta;
                 page.last = true;
@@ -187,7 +215,9 @@ impl UserPages {
 
     /// The pager as a `Stream` of pages.
     pub fn into_stream(self) -> impl Stream<Item = Result<UserPage, EntraError>> {
-        futures::stream::unfold(self, |mut pages| async move { pages.next_page().await.map(|p| (p, pages)) })
+        futures::stream::unfold(self, |mut pages| async move {
+            pages.next_page().await.map(|p| (p, pages))
+        })
     }
 }
 
@@ -197,7 +227,10 @@ mod tests {
 
     #[test]
     fn segments_are_encoded() {
-        assert_eq!(encode_segment("o'reilly#1@contoso.com"), "o%27reilly%231@contoso.com");
+        assert_eq!(
+            encode_segment("o'reilly#1@contoso.com"),
+            "o%27reilly%231@contoso.com"
+        );
         assert_eq!(encode_segment("a/b"), "a%2Fb");
     }
 }

@@ -79,10 +79,17 @@ impl SimControl {
     }
 
     /// Changes a user (a delta round will report it); false when there is no such user.
-    pub fn update_user(&self, id: &str, display_name: Option<&str>, account_enabled: Option<bool>) -> bool {
+    pub fn update_user(
+        &self,
+        id: &str,
+        display_name: Option<&str>,
+        account_enabled: Option<bool>,
+    ) -> bool {
         let mut data = self.sim.data();
         let seq = data.next_seq();
-        let Some(u) = data.users.get_mut(id) else { return false };
+        let Some(u) = data.users.get_mut(id) else {
+            return false;
+        };
         if let Some(d) = display_name {
             u.display_name = d.to_string();
         }
@@ -104,7 +111,12 @@ impl SimControl {
 
     /// The UPN of the `n`th user in id order (what a listing returns first).
     pub fn nth_user(&self, n: usize) -> Option<(String, String)> {
-        self.sim.data().users.values().nth(n).map(|u| (u.id.clone(), u.user_principal_name.clone()))
+        self.sim
+            .data()
+            .users
+            .values()
+            .nth(n)
+            .map(|u| (u.id.clone(), u.user_principal_name.clone()))
     }
 
     pub fn user_count(&self) -> usize {
@@ -113,12 +125,20 @@ impl SimControl {
 
     /// The id of the group with this display name ("Keyward Pilot" and "Keyward Pilot - Nested" are seeded).
     pub fn group_id(&self, name: &str) -> Option<String> {
-        self.sim.data().groups.values().find(|g| g.display_name == name).map(|g| g.id.clone())
+        self.sim
+            .data()
+            .groups
+            .values()
+            .find(|g| g.display_name == name)
+            .map(|g| g.id.clone())
     }
 
     /// Users a group reaches transitively.
     pub fn group_user_count(&self, group_id: &str) -> usize {
-        self.sim.data().transitive_users(group_id).map_or(0, |s| s.len())
+        self.sim
+            .data()
+            .transitive_users(group_id)
+            .map_or(0, |s| s.len())
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -189,10 +209,16 @@ impl SimControl {
     /// (method id, AAGUID, sign counter) of each passkey registered for a user.
     pub fn passkeys(&self, user: &str) -> Vec<(String, String, u32)> {
         let data = self.sim.data();
-        let Some(u) = data.find_user(user) else { return Vec::new() };
+        let Some(u) = data.find_user(user) else {
+            return Vec::new();
+        };
         data.methods
             .get(&u.id)
-            .map(|ms| ms.iter().map(|m| (m.id.clone(), aaguid_string(&m.aaguid), m.counter)).collect())
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| (m.id.clone(), aaguid_string(&m.aaguid), m.counter))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -207,8 +233,13 @@ impl SimControl {
         let id = data.find_user(user)?.id.clone();
         let mut challenge = vec![0u8; 32];
         aws_lc_rs::rand::fill(&mut challenge).ok()?;
-        data.signin
-            .insert(id, SigninChallenge { challenge: challenge.clone(), expires: Instant::now() + Duration::from_secs(300) });
+        data.signin.insert(
+            id,
+            SigninChallenge {
+                challenge: challenge.clone(),
+                expires: Instant::now() + Duration::from_secs(300),
+            },
+        );
         Some(challenge)
     }
 
@@ -216,18 +247,23 @@ impl SimControl {
     /// UP and UV, the signature with the stored public key, a counter that increases, and the
     /// key restrictions (which apply at sign-in too).
     pub fn verify_signin(&self, a: &SigninAssertion) -> Result<SigninOk, String> {
-        let decode = |name: &str, v: &str| b64url(v).ok_or_else(|| format!("{name} is not base64url"));
+        let decode =
+            |name: &str, v: &str| b64url(v).ok_or_else(|| format!("{name} is not base64url"));
         let cred_id = decode("id", &a.id)?;
         let client_data = decode("clientDataJSON", &a.client_data_json)?;
         let auth_raw = decode("authenticatorData", &a.authenticator_data)?;
         let sig = decode("signature", &a.signature)?;
         let mut data = self.sim.data();
         let user_id = data.find_user(&a.user).ok_or("no such user")?.id.clone();
-        let pending = data.signin.remove(&user_id).ok_or("no sign-in is pending for this user")?;
+        let pending = data
+            .signin
+            .remove(&user_id)
+            .ok_or("no sign-in is pending for this user")?;
         if pending.expires < Instant::now() {
             return Err("the sign-in challenge has expired".into());
         }
-        let cd: serde_json::Value = serde_json::from_slice(&client_data).map_err(|_| "clientDataJSON is not JSON")?;
+        let cd: serde_json::Value =
+            serde_json::from_slice(&client_data).map_err(|_| "clientDataJSON is not JSON")?;
         if cd["type"] != "webauthn.get" {
             return Err("clientDataJSON.type must be webauthn.get".into());
         }
@@ -257,7 +293,10 @@ impl SimControl {
             .ok_or("no passkey with this credential id is registered for the user")?;
         let kr = &policy.key_restrictions;
         if kr.is_enforced {
-            let listed = kr.aa_guids.iter().any(|g| g.eq_ignore_ascii_case(&aaguid_string(&method.aaguid)));
+            let listed = kr
+                .aa_guids
+                .iter()
+                .any(|g| g.eq_ignore_ascii_case(&aaguid_string(&method.aaguid)));
             if listed != (kr.enforcement_type == "allow") {
                 return Err("the authenticator is blocked by the key restriction policy".into());
             }
@@ -274,7 +313,10 @@ impl SimControl {
             ));
         }
         method.counter = ad.counter;
-        Ok(SigninOk { method_id: method.id.clone(), sign_count: ad.counter })
+        Ok(SigninOk {
+            method_id: method.id.clone(),
+            sign_count: ad.counter,
+        })
     }
 }
 
@@ -303,7 +345,10 @@ struct NewUser {
 }
 
 async fn add_user(State(sim): State<Simulator>, Json(u): Json<NewUser>) -> Response {
-    let id = ctl(sim).add_user(&u.user_principal_name, u.display_name.as_deref().unwrap_or(&u.user_principal_name));
+    let id = ctl(sim).add_user(
+        &u.user_principal_name,
+        u.display_name.as_deref().unwrap_or(&u.user_principal_name),
+    );
     (StatusCode::CREATED, Json(json!({"id": id}))).into_response()
 }
 
@@ -314,7 +359,11 @@ struct UserPatch {
     account_enabled: Option<bool>,
 }
 
-async fn update_user(State(sim): State<Simulator>, Path(id): Path<String>, Json(p): Json<UserPatch>) -> StatusCode {
+async fn update_user(
+    State(sim): State<Simulator>,
+    Path(id): Path<String>,
+    Json(p): Json<UserPatch>,
+) -> StatusCode {
     if ctl(sim).update_user(&id, p.display_name.as_deref(), p.account_enabled) {
         StatusCode::NO_CONTENT
     } else {
@@ -323,7 +372,11 @@ async fn update_user(State(sim): State<Simulator>, Path(id): Path<String>, Json(
 }
 
 async fn remove_user(State(sim): State<Simulator>, Path(id): Path<String>) -> StatusCode {
-    if ctl(sim).remove_user(&id) { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND }
+    if ctl(sim).remove_user(&id) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
 }
 
 #[derive(Deserialize)]
@@ -371,7 +424,9 @@ struct ExpireDelta {
 }
 
 async fn expire_delta(State(sim): State<Simulator>, body: Option<Json<ExpireDelta>>) -> StatusCode {
-    let code = body.and_then(|b| b.0.code).unwrap_or(DeltaReset::SyncStateNotFound);
+    let code = body
+        .and_then(|b| b.0.code)
+        .unwrap_or(DeltaReset::SyncStateNotFound);
     ctl(sim).expire_delta_tokens(code);
     StatusCode::NO_CONTENT
 }
@@ -390,16 +445,27 @@ struct ChallengeQuery {
     user: String,
 }
 
-async fn signin_challenge(State(sim): State<Simulator>, Query(q): Query<ChallengeQuery>) -> Response {
+async fn signin_challenge(
+    State(sim): State<Simulator>,
+    Query(q): Query<ChallengeQuery>,
+) -> Response {
     let c = ctl(sim.clone());
     let Some(challenge) = c.signin_challenge(&q.user) else {
-        return (StatusCode::NOT_FOUND, Json(json!({"error": {"code": "userNotFound", "message": "No such user."}}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"code": "userNotFound", "message": "No such user."}})),
+        )
+            .into_response();
     };
     let allow: Vec<String> = {
         let data = sim.data();
         data.find_user(&q.user)
             .and_then(|u| data.methods.get(&u.id))
-            .map(|ms| ms.iter().map(|m| URL_SAFE_NO_PAD.encode(&m.credential_id)).collect())
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| URL_SAFE_NO_PAD.encode(&m.credential_id))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     Json(json!({
@@ -413,10 +479,15 @@ async fn signin_challenge(State(sim): State<Simulator>, Query(q): Query<Challeng
 
 async fn signin(State(sim): State<Simulator>, Json(a): Json<SigninAssertion>) -> Response {
     match ctl(sim).verify_signin(&a) {
-        Ok(ok) => Json(json!({"result": "success", "methodId": ok.method_id, "signCount": ok.sign_count})).into_response(),
-        Err(reason) => {
-            (StatusCode::UNAUTHORIZED, Json(json!({"error": {"code": "signInFailed", "message": reason}}))).into_response()
+        Ok(ok) => {
+            Json(json!({"result": "success", "methodId": ok.method_id, "signCount": ok.sign_count}))
+                .into_response()
         }
+        Err(reason) => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": {"code": "signInFailed", "message": reason}})),
+        )
+            .into_response(),
     }
 }
 

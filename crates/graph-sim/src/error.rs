@@ -28,7 +28,12 @@ pub struct GraphErrorBody {
 
 impl GraphError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        GraphError { status, code, message: message.into(), retry_after: None }
+        GraphError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "badRequest", message)
@@ -37,10 +42,18 @@ impl GraphError {
         Self::new(StatusCode::NOT_FOUND, "Request_ResourceNotFound", message)
     }
     pub fn item_not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "itemNotFound", "The requested resource does not exist.")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "itemNotFound",
+            "The requested resource does not exist.",
+        )
     }
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "methodNotAllowed", "The method is not supported for this URL.")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "methodNotAllowed",
+            "The method is not supported for this URL.",
+        )
     }
     pub fn unsupported_query(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "Request_UnsupportedQuery", message)
@@ -55,13 +68,21 @@ impl IntoResponse for GraphError {
         {
             resp.headers_mut().insert("retry-after", v);
         }
-        resp.extensions_mut().insert(GraphErrorBody { code: self.code, message: self.message });
+        resp.extensions_mut().insert(GraphErrorBody {
+            code: self.code,
+            message: self.message,
+        });
         resp
     }
 }
 
 /// Renders Graph's error body.
-pub fn graph_error_json(code: &str, message: &str, request_id: &str, client_request_id: &str) -> serde_json::Value {
+pub fn graph_error_json(
+    code: &str,
+    message: &str,
+    request_id: &str,
+    client_request_id: &str,
+) -> serde_json::Value {
     json!({
         "error": {
             "code": code,
@@ -85,8 +106,18 @@ pub struct TokenError {
 }
 
 impl TokenError {
-    pub fn new(status: StatusCode, error: &'static str, aadsts: u32, description: impl Into<String>) -> Self {
-        TokenError { status, error, aadsts, description: description.into() }
+    pub fn new(
+        status: StatusCode,
+        error: &'static str,
+        aadsts: u32,
+        description: impl Into<String>,
+    ) -> Self {
+        TokenError {
+            status,
+            error,
+            aadsts,
+            description: description.into(),
+        }
     }
 }
 

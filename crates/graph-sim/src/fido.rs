@@ -36,7 +36,10 @@ fn user_not_found(user: &str) -> GraphError {
 
 /// The checks Entra applies before it lets anyone provision a passkey for `user`.
 fn provisioning_allowed(data: &Data, user: &SimUser) -> Result<(), GraphError> {
-    if user.user_principal_name.eq_ignore_ascii_case(&data.consenting_admin) {
+    if user
+        .user_principal_name
+        .eq_ignore_ascii_case(&data.consenting_admin)
+    {
         return Err(GraphError::method_not_allowed());
     }
     let p = &data.policy;
@@ -64,7 +67,11 @@ fn seal_challenge(sim: &Simulator, user_id: &str, expires: i64) -> Result<String
     let mut buf = serde_json::to_vec(&body).unwrap_or_default();
     sim.inner
         .challenge_key
-        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(b"creationOptions"), &mut buf)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(b"creationOptions"),
+            &mut buf,
+        )
         .map_err(|_| GraphError::bad_request("sealing failed"))?;
     let mut out = nonce.to_vec();
     out.extend_from_slice(&buf);
@@ -78,28 +85,46 @@ fn open_challenge(sim: &Simulator, raw: &[u8]) -> Option<(String, i64, String)> 
     }
     let nonce = Nonce::try_assume_unique_for_key(&raw[..12]).ok()?;
     let mut buf = raw[12..].to_vec();
-    let plain = sim.inner.challenge_key.open_in_place(nonce, Aad::from(b"creationOptions"), &mut buf).ok()?;
+    let plain = sim
+        .inner
+        .challenge_key
+        .open_in_place(nonce, Aad::from(b"creationOptions"), &mut buf)
+        .ok()?;
     let v: Value = serde_json::from_slice(plain).ok()?;
-    Some((v["u"].as_str()?.to_string(), v["x"].as_i64()?, v["n"].as_str()?.to_string()))
+    Some((
+        v["u"].as_str()?.to_string(),
+        v["x"].as_i64()?,
+        v["n"].as_str()?.to_string(),
+    ))
 }
 
 /// The WebAuthn user handle Entra uses: 51 bytes starting `OF:`.
 pub(crate) fn user_handle(sim: &Simulator, user_id: &str) -> Vec<u8> {
     let mut out = b"OF:".to_vec();
-    let d = digest::digest(&digest::SHA256, format!("{}|{user_id}", sim.config().tenant_id).as_bytes());
+    let d = digest::digest(
+        &digest::SHA256,
+        format!("{}|{user_id}", sim.config().tenant_id).as_bytes(),
+    );
     out.extend_from_slice(d.as_ref());
-    out.extend_from_slice(&uuid::Uuid::parse_str(user_id).map(|u| *u.as_bytes()).unwrap_or([0; 16]));
+    out.extend_from_slice(
+        &uuid::Uuid::parse_str(user_id)
+            .map(|u| *u.as_bytes())
+            .unwrap_or([0; 16]),
+    );
     out
 }
 
 fn timeout_param(method: &str, q: &Params) -> Result<Option<u32>, GraphError> {
-    let bad = || GraphError::bad_request("Invalid value for parameter 'challengeTimeoutInMinutes'.");
+    let bad =
+        || GraphError::bad_request("Invalid value for parameter 'challengeTimeoutInMinutes'.");
     if let Some(args) = method.strip_prefix("creationOptions(") {
         let inner = args.strip_suffix(')').ok_or_else(bad)?;
         if inner.is_empty() {
             return Ok(None);
         }
-        let v = inner.strip_prefix("challengeTimeoutInMinutes=").ok_or_else(bad)?;
+        let v = inner
+            .strip_prefix("challengeTimeoutInMinutes=")
+            .ok_or_else(bad)?;
         return v.parse().map(Some).map_err(|_| bad());
     }
     match q.iter().find(|(k, _)| k == "challengeTimeoutInMinutes") {
@@ -120,7 +145,11 @@ fn method_json(m: &StoredMethod, version: ApiVersion) -> Value {
         "attestationLevel": if m.attested { "attested" } else { "notAttested" },
     });
     if version == ApiVersion::V1 {
-        v["passkeyType"] = json!(if m.backup_eligible { "synced" } else { "deviceBound" });
+        v["passkeyType"] = json!(if m.backup_eligible {
+            "synced"
+        } else {
+            "deviceBound"
+        });
     }
     v
 }
@@ -150,25 +179,43 @@ pub async fn get_method_or_options(
     Ok(odata(StatusCode::OK, body))
 }
 
-fn creation_options(sim: &Simulator, version: ApiVersion, user: &str, method: &str, q: &Params) -> Result<Response, GraphError> {
+fn creation_options(
+    sim: &Simulator,
+    version: ApiVersion,
+    user: &str,
+    method: &str,
+    q: &Params,
+) -> Result<Response, GraphError> {
     let timeout = timeout_param(method, q)?;
     let minutes = match (version, timeout) {
         (ApiVersion::V1, Some(_)) => {
-            return Err(GraphError::bad_request("Custom challenge timeouts are not supported in v1.0; the timeout is 5 minutes."));
+            return Err(GraphError::bad_request(
+                "Custom challenge timeouts are not supported in v1.0; the timeout is 5 minutes.",
+            ));
         }
         (_, None) => 5,
         (ApiVersion::Beta, Some(m @ 5..=43200)) => m,
         (ApiVersion::Beta, Some(_)) => {
-            return Err(GraphError::bad_request("challengeTimeoutInMinutes must be between 5 and 43200."));
+            return Err(GraphError::bad_request(
+                "challengeTimeoutInMinutes must be between 5 and 43200.",
+            ));
         }
     };
     let (user_id, upn, display, exclude) = {
         let data = sim.data();
         let u = data.find_user(user).ok_or_else(|| user_not_found(user))?;
         provisioning_allowed(&data, u)?;
-        let exclude: Vec<Vec<u8>> =
-            data.methods.get(&u.id).map(|ms| ms.iter().map(|m| m.credential_id.clone()).collect()).unwrap_or_default();
-        (u.id.clone(), u.user_principal_name.clone(), u.display_name.clone(), exclude)
+        let exclude: Vec<Vec<u8>> = data
+            .methods
+            .get(&u.id)
+            .map(|ms| ms.iter().map(|m| m.credential_id.clone()).collect())
+            .unwrap_or_default();
+        (
+            u.id.clone(),
+            u.user_principal_name.clone(),
+            u.display_name.clone(),
+            exclude,
+        )
     };
     let expires = Utc::now() + Duration::from_secs(u64::from(minutes) * 60);
     let challenge = seal_challenge(sim, &user_id, expires.timestamp())?;
@@ -178,8 +225,10 @@ fn creation_options(sim: &Simulator, version: ApiVersion, user: &str, method: &s
         ApiVersion::Beta => STANDARD.encode(id),
         ApiVersion::V1 => URL_SAFE_NO_PAD.encode(id),
     };
-    let excluded: Vec<Value> =
-        exclude.iter().map(|id| json!({"type": "public-key", "id": encode_id(id), "transports": ["usb", "nfc"]})).collect();
+    let excluded: Vec<Value> = exclude
+        .iter()
+        .map(|id| json!({"type": "public-key", "id": encode_id(id), "transports": ["usb", "nfc"]}))
+        .collect();
     let mut public_key = json!({
         "rp": {"id": RP_ID, "name": "Microsoft"},
         "user": {"id": URL_SAFE_NO_PAD.encode(user_handle(sim, &user_id)), "name": upn, "displayName": display},
@@ -193,9 +242,12 @@ fn creation_options(sim: &Simulator, version: ApiVersion, user: &str, method: &s
     });
     if version == ApiVersion::V1 {
         // v1.0 annotates nested objects; parsers must ignore `@odata.*` keys.
-        public_key["@odata.type"] = json!("microsoft.graph.webauthnPublicKeyCredentialCreationOptions");
-        public_key["rp"]["@odata.type"] = json!("microsoft.graph.webauthnPublicKeyCredentialRpEntity");
-        public_key["user"]["@odata.type"] = json!("microsoft.graph.webauthnPublicKeyCredentialUserEntity");
+        public_key["@odata.type"] =
+            json!("microsoft.graph.webauthnPublicKeyCredentialCreationOptions");
+        public_key["rp"]["@odata.type"] =
+            json!("microsoft.graph.webauthnPublicKeyCredentialRpEntity");
+        public_key["user"]["@odata.type"] =
+            json!("microsoft.graph.webauthnPublicKeyCredentialUserEntity");
     }
     let body = json!({
         "@odata.context": format!("https://graph.microsoft.com/{}/$metadata#microsoft.graph.webauthnCredentialCreationOptions", version.path()),
@@ -206,7 +258,9 @@ fn creation_options(sim: &Simulator, version: ApiVersion, user: &str, method: &s
 }
 
 fn reject(detail: impl std::fmt::Display) -> GraphError {
-    GraphError::bad_request(format!("The passkey registration could not be verified: {detail}"))
+    GraphError::bad_request(format!(
+        "The passkey registration could not be verified: {detail}"
+    ))
 }
 
 pub async fn register(
@@ -215,18 +269,31 @@ pub async fn register(
     Path(user): Path<String>,
     body: Bytes,
 ) -> Result<Response, GraphError> {
-    let missing = || GraphError::bad_request("The request is missing a fido2AuthenticationMethod entity.");
+    let missing =
+        || GraphError::bad_request("The request is missing a fido2AuthenticationMethod entity.");
     let body: Value = serde_json::from_slice(&body).map_err(|_| missing())?;
-    let pkc = body.get("publicKeyCredential").filter(|v| v.is_object()).ok_or_else(missing)?;
-    let display_name = body.get("displayName").and_then(Value::as_str).unwrap_or("Passkey").to_string();
+    let pkc = body
+        .get("publicKeyCredential")
+        .filter(|v| v.is_object())
+        .ok_or_else(missing)?;
+    let display_name = body
+        .get("displayName")
+        .and_then(Value::as_str)
+        .unwrap_or("Passkey")
+        .to_string();
     if display_name.chars().count() > 200 {
         return Err(GraphError::bad_request("displayName is too long."));
     }
     let field = |v: &Value, name: &str| -> Result<Vec<u8>, GraphError> {
-        v.get(name).and_then(Value::as_str).and_then(b64url).ok_or_else(|| reject(format!("{name} is missing or not base64url")))
+        v.get(name)
+            .and_then(Value::as_str)
+            .and_then(b64url)
+            .ok_or_else(|| reject(format!("{name} is missing or not base64url")))
     };
     let cred_id = field(pkc, "id")?;
-    let response = pkc.get("response").ok_or_else(|| reject("response is missing"))?;
+    let response = pkc
+        .get("response")
+        .ok_or_else(|| reject("response is missing"))?;
     let client_data = field(response, "clientDataJSON")?;
     let att_raw = field(response, "attestationObject")?;
 
@@ -238,24 +305,36 @@ pub async fn register(
     };
 
     // clientDataJSON: what the browser (or our client) claims about the ceremony.
-    let cd: Value = serde_json::from_slice(&client_data).map_err(|_| reject("clientDataJSON is not JSON"))?;
+    let cd: Value =
+        serde_json::from_slice(&client_data).map_err(|_| reject("clientDataJSON is not JSON"))?;
     if cd["type"] != "webauthn.create" {
         return Err(reject("clientDataJSON.type must be webauthn.create"));
     }
     let expected_origin = format!("https://{RP_ID}");
     if cd["origin"].as_str() != Some(expected_origin.as_str()) {
-        return Err(reject(format!("clientDataJSON.origin must be {expected_origin}")));
+        return Err(reject(format!(
+            "clientDataJSON.origin must be {expected_origin}"
+        )));
     }
-    if cd.get("crossOrigin").is_some_and(|v| v != &Value::Bool(false)) {
+    if cd
+        .get("crossOrigin")
+        .is_some_and(|v| v != &Value::Bool(false))
+    {
         return Err(reject("cross-origin registration is not allowed"));
     }
-    let challenge = cd["challenge"].as_str().and_then(b64url).ok_or_else(|| reject("clientDataJSON.challenge is missing"))?;
-    let (ch_user, ch_exp, ch_id) = open_challenge(&sim, &challenge).ok_or_else(|| reject("the challenge was not issued by this service"))?;
+    let challenge = cd["challenge"]
+        .as_str()
+        .and_then(b64url)
+        .ok_or_else(|| reject("clientDataJSON.challenge is missing"))?;
+    let (ch_user, ch_exp, ch_id) = open_challenge(&sim, &challenge)
+        .ok_or_else(|| reject("the challenge was not issued by this service"))?;
     if ch_user != user_id {
         return Err(reject("the challenge was issued for another user"));
     }
     if ch_exp < Utc::now().timestamp() {
-        return Err(reject("the challenge has expired; request new creation options"));
+        return Err(reject(
+            "the challenge has expired; request new creation options",
+        ));
     }
 
     let att = webauthn::parse_attestation_object(&att_raw).map_err(reject)?;
@@ -264,11 +343,18 @@ pub async fn register(
         return Err(reject(format!("rpIdHash is not SHA-256 of {RP_ID}")));
     }
     if ad.flags & FLAG_UP == 0 || ad.flags & FLAG_UV == 0 {
-        return Err(reject("user presence and user verification flags must both be set"));
+        return Err(reject(
+            "user presence and user verification flags must both be set",
+        ));
     }
-    let cred = ad.attested.as_ref().ok_or_else(|| reject("no attested credential data"))?;
+    let cred = ad
+        .attested
+        .as_ref()
+        .ok_or_else(|| reject("no attested credential data"))?;
     if cred.credential_id != cred_id {
-        return Err(reject("publicKeyCredential.id differs from the credential id in authenticator data"));
+        return Err(reject(
+            "publicKeyCredential.id differs from the credential id in authenticator data",
+        ));
     }
     let cdh = digest::digest(&digest::SHA256, &client_data);
     let verified = webauthn::verify_attestation(&att, cdh.as_ref()).map_err(reject)?;
@@ -286,14 +372,23 @@ pub async fn register(
     let kr = &policy.key_restrictions;
     if kr.is_enforced {
         let listed = kr.aa_guids.iter().any(|g| g.eq_ignore_ascii_case(&aaguid));
-        let allowed = if kr.enforcement_type == "allow" { listed } else { !listed };
+        let allowed = if kr.enforcement_type == "allow" {
+            listed
+        } else {
+            !listed
+        };
         if !allowed {
             return Err(GraphError::bad_request(format!(
                 "The authenticator (AAGUID {aaguid}) is not allowed by the key restriction policy."
             )));
         }
     }
-    if data.methods.values().flatten().any(|m| m.credential_id == cred.credential_id) {
+    if data
+        .methods
+        .values()
+        .flatten()
+        .any(|m| m.credential_id == cred.credential_id)
+    {
         return Err(reject("this credential is already registered"));
     }
     if !data.used_challenges.insert(ch_id.into_bytes()) {
@@ -330,8 +425,11 @@ pub async fn list_methods(
 ) -> Result<Response, GraphError> {
     let data = sim.data();
     let u = data.find_user(&user).ok_or_else(|| user_not_found(&user))?;
-    let value: Vec<Value> =
-        data.methods.get(&u.id).map(|ms| ms.iter().map(|m| method_json(m, version)).collect()).unwrap_or_default();
+    let value: Vec<Value> = data
+        .methods
+        .get(&u.id)
+        .map(|ms| ms.iter().map(|m| method_json(m, version)).collect())
+        .unwrap_or_default();
     Ok(odata(
         StatusCode::OK,
         json!({
@@ -346,7 +444,11 @@ pub async fn delete_method(
     Path((user, method)): Path<(String, String)>,
 ) -> Result<Response, GraphError> {
     let mut data = sim.data();
-    let id = data.find_user(&user).ok_or_else(|| user_not_found(&user))?.id.clone();
+    let id = data
+        .find_user(&user)
+        .ok_or_else(|| user_not_found(&user))?
+        .id
+        .clone();
     let ms = data.methods.entry(id).or_default();
     let before = ms.len();
     ms.retain(|m| m.id != method);
@@ -392,11 +494,15 @@ pub async fn create_tap(
     let req: Value = if body.is_empty() {
         json!({})
     } else {
-        serde_json::from_slice(&body).map_err(|_| GraphError::bad_request("The request body is not valid JSON."))?
+        serde_json::from_slice(&body)
+            .map_err(|_| GraphError::bad_request("The request body is not valid JSON."))?
     };
     let lifetime = match req.get("lifetimeInMinutes") {
         None | Some(Value::Null) => TAP_DEFAULT,
-        Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| GraphError::bad_request("lifetimeInMinutes must be an integer."))?,
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| GraphError::bad_request("lifetimeInMinutes must be an integer."))?,
     };
     if !(TAP_MIN..=TAP_MAX).contains(&lifetime) {
         return Err(GraphError::bad_request(format!(
@@ -409,18 +515,32 @@ pub async fn create_tap(
             .with_timezone(&Utc),
         None => Utc::now(),
     };
-    let usable_once = req.get("isUsableOnce").and_then(Value::as_bool).unwrap_or(false);
+    let usable_once = req
+        .get("isUsableOnce")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let mut data = sim.data();
     let u = data.find_user(&user).ok_or_else(|| user_not_found(&user))?;
     if u.user_type != "Member" {
-        return Err(GraphError::bad_request("Temporary Access Pass cannot be added to an external guest user."));
+        return Err(GraphError::bad_request(
+            "Temporary Access Pass cannot be added to an external guest user.",
+        ));
     }
     let user_id = u.id.clone();
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789+@#$%&*";
     let mut raw = [0u8; 8];
     aws_lc_rs::rand::fill(&mut raw).map_err(|_| GraphError::bad_request("RNG failure"))?;
-    let pass: String = raw.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect();
-    let tap = StoredTap { id: uuid::Uuid::new_v4().to_string(), created: Utc::now(), start, lifetime_minutes: lifetime, usable_once };
+    let pass: String = raw
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect();
+    let tap = StoredTap {
+        id: uuid::Uuid::new_v4().to_string(),
+        created: Utc::now(),
+        start,
+        lifetime_minutes: lifetime,
+        usable_once,
+    };
     let mut out = tap_json(&tap, Some(&pass));
     out["@odata.context"] = json!(format!(
         "https://graph.microsoft.com/{}/$metadata#users('{user_id}')/authentication/temporaryAccessPassMethods/$entity",
@@ -438,7 +558,11 @@ pub async fn list_taps(
 ) -> Result<Response, GraphError> {
     let data = sim.data();
     let u = data.find_user(&user).ok_or_else(|| user_not_found(&user))?;
-    let value: Vec<Value> = data.taps.get(&u.id).map(|t| vec![tap_json(t, None)]).unwrap_or_default();
+    let value: Vec<Value> = data
+        .taps
+        .get(&u.id)
+        .map(|t| vec![tap_json(t, None)])
+        .unwrap_or_default();
     Ok(odata(
         StatusCode::OK,
         json!({
@@ -482,6 +606,8 @@ pub async fn policy_config(
                 "excludeTargets": [],
             }),
         )),
-        _ => Err(GraphError::not_found(format!("Authentication method configuration '{method}' was not found."))),
+        _ => Err(GraphError::not_found(format!(
+            "Authentication method configuration '{method}' was not found."
+        ))),
     }
 }

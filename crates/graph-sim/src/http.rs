@@ -32,19 +32,22 @@ impl ApiVersion {
 }
 
 /// Graph's JSON content type, as it sends it.
-pub const ODATA_JSON: &str =
-    "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
+pub const ODATA_JSON: &str = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
 
 /// A JSON response with Graph's content type.
 pub fn odata(status: StatusCode, value: serde_json::Value) -> Response {
     let mut resp = (status, value.to_string()).into_response();
-    resp.headers_mut().insert("content-type", HeaderValue::from_static(ODATA_JSON));
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static(ODATA_JSON));
     resp
 }
 
 /// The base URL clients reached us on, for `@odata.nextLink` and `@odata.deltaLink`.
 pub fn base_url(headers: &HeaderMap) -> String {
-    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
     format!("http://{host}")
 }
 
@@ -68,13 +71,29 @@ fn graph_routes(sim: Simulator, version: ApiVersion) -> Router<Simulator> {
         .route("/users", get(directory::list_users))
         .route("/users/delta", get(directory::users_delta))
         .route("/users/{user}", get(directory::get_user))
+        .route(
+            "/users/{user}/checkMemberGroups",
+            post(directory::check_member_groups),
+        )
         .route("/groups", get(directory::list_groups))
         .route("/groups/{id}/members", get(directory::group_members))
-        .route("/groups/{id}/members/{cast}", get(directory::group_members_cast))
-        .route("/groups/{id}/transitiveMembers", get(directory::group_transitive))
-        .route("/groups/{id}/transitiveMembers/{cast}", get(directory::group_transitive_cast))
+        .route(
+            "/groups/{id}/members/{cast}",
+            get(directory::group_members_cast),
+        )
+        .route(
+            "/groups/{id}/transitiveMembers",
+            get(directory::group_transitive),
+        )
+        .route(
+            "/groups/{id}/transitiveMembers/{cast}",
+            get(directory::group_transitive_cast),
+        )
         .route(fido2, get(fido::list_methods).post(fido::register))
-        .route(&format!("{fido2}/{{method}}"), get(fido::get_method_or_options).delete(fido::delete_method))
+        .route(
+            &format!("{fido2}/{{method}}"),
+            get(fido::get_method_or_options).delete(fido::delete_method),
+        )
         .route(
             "/users/{user}/authentication/temporaryAccessPassMethods",
             get(fido::list_taps).post(fido::create_tap),
@@ -96,23 +115,36 @@ pub fn router(sim: Simulator) -> Router {
 
 /// A body that fails at once: the client sees the connection end before a complete response.
 fn dropped() -> Response {
-    let stream = futures::stream::once(async { Err::<Bytes, std::io::Error>(std::io::Error::other("dropped")) });
+    let stream = futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("dropped"))
+    });
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert("content-type", HeaderValue::from_static(ODATA_JSON));
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static(ODATA_JSON));
     resp
 }
 
 fn bearer_ok(sim: &Simulator, headers: &HeaderMap, now: Instant) -> Result<(), GraphError> {
-    let unauthorized = |m: &str| GraphError::new(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", m);
+    let unauthorized =
+        |m: &str| GraphError::new(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", m);
     let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
         return Err(unauthorized("Access token is empty."));
     };
-    let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
-        return Err(unauthorized("Access token validation failure. Invalid audience."));
+    let Some(token) = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+    else {
+        return Err(unauthorized(
+            "Access token validation failure. Invalid audience.",
+        ));
     };
     match sim.data().tokens.get(token.trim()) {
-        None => Err(unauthorized("IDX14100: JWT is not well formed, there are no dots (.).")),
-        Some(exp) if *exp <= now => Err(unauthorized("Lifetime validation failed, the token is expired.")),
+        None => Err(unauthorized(
+            "IDX14100: JWT is not well formed, there are no dots (.).",
+        )),
+        Some(exp) if *exp <= now => Err(unauthorized(
+            "Lifetime validation failed, the token is expired.",
+        )),
         Some(_) => Ok(()),
     }
 }
@@ -137,14 +169,23 @@ async fn graph_layer(State(sim): State<Simulator>, req: Request, next: Next) -> 
     let mut malformed = false;
     let mut resp = match fault {
         Some(Fault::Drop) => return dropped(),
-        Some(Fault::Status { status, retry_after }) => {
+        Some(Fault::Status {
+            status,
+            retry_after,
+        }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let code = if status == StatusCode::SERVICE_UNAVAILABLE { "serviceNotAvailable" } else { "generalException" };
+            let code = if status == StatusCode::SERVICE_UNAVAILABLE {
+                "serviceNotAvailable"
+            } else {
+                "generalException"
+            };
             let mut e = GraphError::new(status, code, "The service is temporarily unavailable.");
             e.retry_after = retry_after;
             e.into_response()
         }
-        Some(Fault::Throttle { retry_after }) => throttled(&sim, retry_after, "ResourceUnitLimitExceeded", "Read"),
+        Some(Fault::Throttle { retry_after }) => {
+            throttled(&sim, retry_after, "ResourceUnitLimitExceeded", "Read")
+        }
         other => {
             malformed = other == Some(Fault::Malformed);
             let check = bearer_ok(&sim, req.headers(), now).and_then(|()| {
@@ -161,8 +202,16 @@ async fn graph_layer(State(sim): State<Simulator>, req: Request, next: Next) -> 
             match check {
                 Err(e) => e.into_response(),
                 Ok(()) => {
-                    let is_write = matches!(*req.method(), Method::POST | Method::PATCH | Method::DELETE | Method::PUT);
-                    let wait = if is_write { sim.data().spend_write(now) } else { None };
+                    // checkMemberGroups is a POST that only reads.
+                    let is_write = matches!(
+                        *req.method(),
+                        Method::POST | Method::PATCH | Method::DELETE | Method::PUT
+                    ) && !req.uri().path().ends_with("/checkMemberGroups");
+                    let wait = if is_write {
+                        sim.data().spend_write(now)
+                    } else {
+                        None
+                    };
                     match wait {
                         Some(secs) => throttled(&sim, secs, "WriteLimitExceeded", "Write"),
                         None => next.run(req).await,
@@ -178,7 +227,8 @@ async fn graph_layer(State(sim): State<Simulator>, req: Request, next: Next) -> 
     if let Some(body) = resp.extensions_mut().remove::<GraphErrorBody>() {
         let json = graph_error_json(body.code, &body.message, &request_id, &client_request_id);
         *resp.body_mut() = Body::from(json.to_string());
-        resp.headers_mut().insert("content-type", HeaderValue::from_static(ODATA_JSON));
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static(ODATA_JSON));
     }
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -203,10 +253,16 @@ fn throttled(sim: &Simulator, retry_after: u64, information: &'static str, kind:
     );
     e.retry_after = Some(retry_after);
     let mut resp = e.into_response();
-    let scope = format!("Tenant_Application/{kind}/{}/{}", cfg.client_id, cfg.tenant_id);
+    let scope = format!(
+        "Tenant_Application/{kind}/{}/{}",
+        cfg.client_id, cfg.tenant_id
+    );
     if let Ok(v) = HeaderValue::from_str(&scope) {
         resp.headers_mut().insert("x-ms-throttle-scope", v);
     }
-    resp.headers_mut().insert("x-ms-throttle-information", HeaderValue::from_static(information));
+    resp.headers_mut().insert(
+        "x-ms-throttle-information",
+        HeaderValue::from_static(information),
+    );
     resp
 }

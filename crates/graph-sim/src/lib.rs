@@ -27,7 +27,7 @@ pub mod webauthn;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use control::SimControl;
+pub use control::{SigninAssertion, SigninOk, SimControl};
 pub use state::{DeltaReset, Fault, Fido2Policy, KeyRestrictions, PolicyTarget, Simulator};
 
 /// The relying party id Entra puts in creation options; the origin is `https://` + this.
@@ -117,7 +117,11 @@ pub fn router(sim: Simulator) -> axum::Router {
 
 /// Binds 127.0.0.1 on an ephemeral port and serves a new simulator in the background.
 pub async fn spawn(config: SimConfig) -> std::io::Result<RunningSim> {
-    spawn_on("127.0.0.1:0".parse().expect("invariant: literal address"), config).await
+    spawn_on(
+        "127.0.0.1:0".parse().expect("invariant: literal address"),
+        config,
+    )
+    .await
 }
 
 /// Binds `addr` and serves a new simulator in the background.
@@ -132,5 +136,9 @@ pub async fn spawn_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<Ru
             tracing::error!(error = %e, "graph simulator stopped");
         }
     });
-    Ok(RunningSim { addr, handle, control })
+    Ok(RunningSim {
+        addr,
+        handle,
+        control,
+    })
 }

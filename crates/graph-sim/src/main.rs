@@ -54,18 +54,28 @@ fn pem_or_der(raw: Vec<u8>) -> anyhow::Result<Vec<u8>> {
     let text = String::from_utf8_lossy(&raw);
     if let Some(start) = text.find("-----BEGIN CERTIFICATE-----") {
         let body = &text[start + 27..];
-        let end = body.find("-----END CERTIFICATE-----").context("PEM certificate has no END line")?;
+        let end = body
+            .find("-----END CERTIFICATE-----")
+            .context("PEM certificate has no END line")?;
         let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
-        return base64::engine::general_purpose::STANDARD.decode(b64).context("PEM body is not base64");
+        return base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .context("PEM body is not base64");
     }
     Ok(raw)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let args = Args::parse();
-    let mut config = SimConfig { users: args.users, seed: args.seed, ..SimConfig::default() };
+    let mut config = SimConfig {
+        users: args.users,
+        seed: args.seed,
+        ..SimConfig::default()
+    };
     config.latency = Duration::from_millis(args.latency_ms);
     if let Some(t) = args.tenant_id {
         config.tenant_id = t;
@@ -88,9 +98,13 @@ async fn main() -> anyhow::Result<()> {
     config.token_lifetime = Duration::from_secs(args.token_lifetime_secs);
     config.policy.is_attestation_enforced = args.enforce_attestation;
     let (tenant, client) = (config.tenant_id.clone(), config.client_id.clone());
-    let sim = spawn_on(args.listen, config).await.context("binding the listen address")?;
+    let sim = spawn_on(args.listen, config)
+        .await
+        .context("binding the listen address")?;
     println!("keyward-graph-sim listening on http://{}", sim.addr);
     println!("tenant {tenant} client {client}");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     Ok(())
 }

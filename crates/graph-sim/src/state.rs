@@ -76,7 +76,10 @@ pub struct StoredTap {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
     /// Answer with this status (5xx usually) and an optional Retry-After in seconds.
-    Status { status: u16, retry_after: Option<u64> },
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+    },
     /// Answer 429 TooManyRequests with this Retry-After in seconds.
     Throttle { retry_after: u64 },
     /// Drop the connection without a complete response.
@@ -127,7 +130,10 @@ impl Default for Fido2Policy {
                 enforcement_type: "block".into(),
                 aa_guids: Vec::new(),
             },
-            include_targets: vec![PolicyTarget { target_type: "group".into(), id: "all_users".into() }],
+            include_targets: vec![PolicyTarget {
+                target_type: "group".into(),
+                id: "all_users".into(),
+            }],
             exclude_targets: Vec::new(),
         }
     }
@@ -204,20 +210,64 @@ pub(crate) struct Inner {
 }
 
 const FIRST: &[&str] = &[
-    "Ada", "Alan", "Grace", "Linus", "Margaret", "Dennis", "Barbara", "Ken", "Frances", "Edsger",
-    "Radia", "Tim", "Hedy", "John", "Katherine", "Niklaus", "Joan", "Donald", "Sophie", "Whitfield",
+    "Ada",
+    "Alan",
+    "Grace",
+    "Linus",
+    "Margaret",
+    "Dennis",
+    "Barbara",
+    "Ken",
+    "Frances",
+    "Edsger",
+    "Radia",
+    "Tim",
+    "Hedy",
+    "John",
+    "Katherine",
+    "Niklaus",
+    "Joan",
+    "Donald",
+    "Sophie",
+    "Whitfield",
 ];
 const LAST: &[&str] = &[
-    "Lovelace", "Turing", "Hopper", "Torvalds", "Hamilton", "Ritchie", "Liskov", "Thompson", "Allen",
-    "Dijkstra", "Perlman", "Berners-Lee", "Lamarr", "Backus", "Johnson", "Wirth", "Clarke", "Knuth",
-    "Wilson", "Diffie",
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Torvalds",
+    "Hamilton",
+    "Ritchie",
+    "Liskov",
+    "Thompson",
+    "Allen",
+    "Dijkstra",
+    "Perlman",
+    "Berners-Lee",
+    "Lamarr",
+    "Backus",
+    "Johnson",
+    "Wirth",
+    "Clarke",
+    "Knuth",
+    "Wilson",
+    "Diffie",
 ];
-const TITLES: &[&str] = &["Engineer", "Analyst", "Manager", "Designer", "Accountant", "Nurse"];
+const TITLES: &[&str] = &[
+    "Engineer",
+    "Analyst",
+    "Manager",
+    "Designer",
+    "Accountant",
+    "Nurse",
+];
 
 /// Builds a version-4-shaped UUID string from the seeded generator, so ids repeat across runs.
 pub fn seeded_uuid(rng: &mut StdRng) -> String {
     let bytes: [u8; 16] = rng.r#gen();
-    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 impl Data {
@@ -252,11 +302,20 @@ impl Data {
         let mut ids = Vec::with_capacity(config.users);
         for i in 0..config.users {
             let id = seeded_uuid(&mut rng);
-            let (first, last) = (FIRST[rng.gen_range(0..FIRST.len())], LAST[rng.gen_range(0..LAST.len())]);
+            let (first, last) = (
+                FIRST[rng.gen_range(0..FIRST.len())],
+                LAST[rng.gen_range(0..LAST.len())],
+            );
             let upn = if i == 0 {
                 config.consenting_admin.clone()
             } else {
-                format!("{}.{}{}@{}", first.to_lowercase(), last.to_lowercase(), i, config.domain)
+                format!(
+                    "{}.{}{}@{}",
+                    first.to_lowercase(),
+                    last.to_lowercase(),
+                    i,
+                    config.domain
+                )
             };
             let user = SimUser {
                 id: id.clone(),
@@ -277,18 +336,34 @@ impl Data {
         // Two groups, one nested in the other, so transitiveMembers differs from members.
         let outer_id = seeded_uuid(&mut rng);
         let inner_id = seeded_uuid(&mut rng);
-        let mut outer: Vec<Member> =
-            ids.iter().enumerate().filter(|(i, _)| i % 3 == 0).map(|(_, id)| Member::User(id.clone())).collect();
+        let mut outer: Vec<Member> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 == 0)
+            .map(|(_, id)| Member::User(id.clone()))
+            .collect();
         outer.push(Member::Group(inner_id.clone()));
-        let inner: Vec<Member> =
-            ids.iter().enumerate().filter(|(i, _)| i % 7 == 0).map(|(_, id)| Member::User(id.clone())).collect();
+        let inner: Vec<Member> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 7 == 0)
+            .map(|(_, id)| Member::User(id.clone()))
+            .collect();
         data.groups.insert(
             outer_id.clone(),
-            SimGroup { id: outer_id, display_name: "Keyward Pilot".into(), members: outer },
+            SimGroup {
+                id: outer_id,
+                display_name: "Keyward Pilot".into(),
+                members: outer,
+            },
         );
         data.groups.insert(
             inner_id.clone(),
-            SimGroup { id: inner_id, display_name: "Keyward Pilot - Nested".into(), members: inner },
+            SimGroup {
+                id: inner_id,
+                display_name: "Keyward Pilot - Nested".into(),
+                members: inner,
+            },
         );
         data
     }
@@ -300,21 +375,27 @@ impl Data {
 
     pub fn insert_user(&mut self, mut user: SimUser) {
         user.seq = self.next_seq();
-        self.upn_index.insert(user.user_principal_name.to_lowercase(), user.id.clone());
+        self.upn_index
+            .insert(user.user_principal_name.to_lowercase(), user.id.clone());
         self.users.insert(user.id.clone(), user);
     }
 
     /// Finds a user by object id or UPN, the two forms Graph accepts in a path.
     pub fn find_user(&self, key: &str) -> Option<&SimUser> {
         let key = key.trim_start_matches("('").trim_end_matches("')");
-        self.users
-            .get(key)
-            .or_else(|| self.upn_index.get(&key.to_lowercase()).and_then(|id| self.users.get(id)))
+        self.users.get(key).or_else(|| {
+            self.upn_index
+                .get(&key.to_lowercase())
+                .and_then(|id| self.users.get(id))
+        })
     }
 
     pub fn remove_user(&mut self, id: &str) -> bool {
-        let Some(user) = self.users.remove(id) else { return false };
-        self.upn_index.remove(&user.user_principal_name.to_lowercase());
+        let Some(user) = self.users.remove(id) else {
+            return false;
+        };
+        self.upn_index
+            .remove(&user.user_principal_name.to_lowercase());
         self.methods.remove(id);
         self.taps.remove(id);
         let seq = self.next_seq();
@@ -355,7 +436,9 @@ impl Data {
             targets.iter().any(|t| {
                 t.id == "all_users"
                     || t.id == user_id
-                    || self.transitive_users(&t.id).is_some_and(|set| set.contains(user_id))
+                    || self
+                        .transitive_users(&t.id)
+                        .is_some_and(|set| set.contains(user_id))
             })
         };
         hit(&self.policy.include_targets) && !hit(&self.policy.exclude_targets)
@@ -363,7 +446,11 @@ impl Data {
 
     /// Records a write against the app+tenant write budget; returns the seconds to wait if over it.
     pub fn spend_write(&mut self, now: Instant) -> Option<u64> {
-        while self.writes.front().is_some_and(|t| now.duration_since(*t) >= self.write_window) {
+        while self
+            .writes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.write_window)
+        {
             self.writes.pop_front();
         }
         if self.writes.len() as u64 >= u64::from(self.write_limit) {
@@ -381,7 +468,8 @@ impl Simulator {
         let data = Data::new(&config);
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let mut key = [0u8; 32];
-        aws_lc_rs::rand::SecureRandom::fill(&rng, &mut key).expect("invariant: the system RNG works");
+        aws_lc_rs::rand::SecureRandom::fill(&rng, &mut key)
+            .expect("invariant: the system RNG works");
         let unbound = aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &key)
             .expect("invariant: a 32-byte key fits AES-256-GCM");
         Simulator {

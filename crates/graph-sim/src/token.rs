@@ -47,10 +47,15 @@ fn issue(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             90002,
-            format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+            format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
         ));
     }
-    let grant = form.get("grant_type").map(String::as_str).unwrap_or_default();
+    let grant = form
+        .get("grant_type")
+        .map(String::as_str)
+        .unwrap_or_default();
     if grant != "client_credentials" {
         return Err(TokenError::new(
             StatusCode::BAD_REQUEST,
@@ -60,25 +65,38 @@ fn issue(
         ));
     }
     let basic = basic_auth(headers);
-    let client_id = form.get("client_id").cloned().or_else(|| basic.as_ref().map(|b| b.0.clone())).unwrap_or_default();
+    let client_id = form
+        .get("client_id")
+        .cloned()
+        .or_else(|| basic.as_ref().map(|b| b.0.clone()))
+        .unwrap_or_default();
     if client_id != cfg.client_id {
         return Err(TokenError::new(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
             700016,
-            format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'."),
+            format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant}'."
+            ),
         ));
     }
     let scope = form.get("scope").map(String::as_str).unwrap_or_default();
-    if !scope.ends_with("/.default") || !(scope.starts_with("https://graph.microsoft") || scope.starts_with("http")) {
+    if !scope.ends_with("/.default")
+        || !(scope.starts_with("https://graph.microsoft") || scope.starts_with("http"))
+    {
         return Err(TokenError::new(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
             1002012,
-            format!("The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."),
+            format!(
+                "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+            ),
         ));
     }
-    let secret = form.get("client_secret").cloned().or_else(|| basic.map(|b| b.1));
+    let secret = form
+        .get("client_secret")
+        .cloned()
+        .or_else(|| basic.map(|b| b.1));
     if let Some(secret) = secret {
         let expected = sim.data().client_secret.clone();
         // Compare digests so the comparison time does not depend on where the strings differ.
@@ -89,7 +107,9 @@ fn issue(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 7000215,
-                format!("Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."),
+                format!(
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                ),
             ));
         }
     } else if let Some(assertion) = form.get("client_assertion") {
@@ -112,9 +132,17 @@ fn issue(
     }
     let mut raw = [0u8; 48];
     aws_lc_rs::rand::fill(&mut raw).map_err(|_| {
-        TokenError::new(StatusCode::INTERNAL_SERVER_ERROR, "temporarily_unavailable", 50000, "RNG failure.")
+        TokenError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "temporarily_unavailable",
+            50000,
+            "RNG failure.",
+        )
     })?;
-    let access_token = format!("eyJ0eXAiOiJKV1QiLCJzaW0iOnRydWV9.{}", URL_SAFE_NO_PAD.encode(raw));
+    let access_token = format!(
+        "eyJ0eXAiOiJKV1QiLCJzaW0iOnRydWV9.{}",
+        URL_SAFE_NO_PAD.encode(raw)
+    );
     let lifetime = {
         let mut data = sim.data();
         let lifetime = data.token_lifetime;
@@ -132,7 +160,11 @@ fn issue(
 }
 
 fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
-    let v = headers.get("authorization")?.to_str().ok()?.strip_prefix("Basic ")?;
+    let v = headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
     let decoded = String::from_utf8(STANDARD.decode(v.trim()).ok()?).ok()?;
     let (id, secret) = decoded.split_once(':')?;
     Some((id.to_string(), secret.to_string()))
@@ -149,15 +181,26 @@ fn verify_assertion(
     client_id: &str,
     jwt: &str,
 ) -> Result<(), TokenError> {
-    let malformed = || TokenError::new(StatusCode::BAD_REQUEST, "invalid_request", 50027, "JWT token is invalid or malformed.");
+    let malformed = || {
+        TokenError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            50027,
+            "JWT token is invalid or malformed.",
+        )
+    };
     let mut parts = jwt.split('.');
-    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(malformed());
     };
     let header: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).map_err(|_| malformed())?).map_err(|_| malformed())?;
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).map_err(|_| malformed())?)
+            .map_err(|_| malformed())?;
     let claims: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).map_err(|_| malformed())?).map_err(|_| malformed())?;
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).map_err(|_| malformed())?)
+            .map_err(|_| malformed())?;
     let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| malformed())?;
 
     let certs = sim.data().client_certificates.clone();
@@ -174,13 +217,20 @@ fn verify_assertion(
             "The certificate with identifier used to sign the client assertion is not registered on application.",
         ));
     };
-    let key = cert_public_key(cert).map_err(|_| assertion_error(700027, "The registered certificate cannot be parsed."))?;
-    let alg: &'static dyn signature::VerificationAlgorithm = match (header.get("alg").and_then(|v| v.as_str()), &key) {
+    let key = cert_public_key(cert)
+        .map_err(|_| assertion_error(700027, "The registered certificate cannot be parsed."))?;
+    let alg: &'static dyn signature::VerificationAlgorithm = match (
+        header.get("alg").and_then(|v| v.as_str()),
+        &key,
+    ) {
         (Some("RS256"), CertKey::Rsa(_)) => &signature::RSA_PKCS1_2048_8192_SHA256,
         (Some("PS256"), CertKey::Rsa(_)) => &signature::RSA_PSS_2048_8192_SHA256,
         (Some("ES256"), CertKey::P256(_)) => &signature::ECDSA_P256_SHA256_FIXED,
         _ => {
-            return Err(assertion_error(700027, "Client assertion contains an unsupported signing algorithm for the registered key."));
+            return Err(assertion_error(
+                700027,
+                "Client assertion contains an unsupported signing algorithm for the registered key.",
+            ));
         }
     };
     let signed = &jwt[..h.len() + 1 + c.len()];
@@ -188,25 +238,48 @@ fn verify_assertion(
         .verify(signed.as_bytes(), &sig)
         .map_err(|_| assertion_error(700027, "Client assertion failed signature validation."))?;
 
-    let claim = |n: &str| claims.get(n).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let claim = |n: &str| {
+        claims
+            .get(n)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
     if claim("iss") != client_id || claim("sub") != client_id {
-        return Err(assertion_error(700021, "Client assertion application identifier doesn't match 'client_id' parameter."));
+        return Err(assertion_error(
+            700021,
+            "Client assertion application identifier doesn't match 'client_id' parameter.",
+        ));
     }
     let aud = claim("aud");
-    let own = format!("{}/{tenant}/oauth2/v2.0/token", crate::http::base_url(headers));
+    let own = format!(
+        "{}/{tenant}/oauth2/v2.0/token",
+        crate::http::base_url(headers)
+    );
     let real = format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token");
     if aud != own && aud != real {
-        return Err(assertion_error(700212, format!("No matching federated identity record found for presented assertion audience '{aud}'.")));
+        return Err(assertion_error(
+            700212,
+            format!(
+                "No matching federated identity record found for presented assertion audience '{aud}'."
+            ),
+        ));
     }
     if claim("jti").is_empty() {
-        return Err(assertion_error(700023, "Client assertion is missing the 'jti' claim."));
+        return Err(assertion_error(
+            700023,
+            "Client assertion is missing the 'jti' claim.",
+        ));
     }
     let now = chrono::Utc::now().timestamp();
     let exp = claims.get("exp").and_then(|v| v.as_i64()).unwrap_or(0);
     let nbf = claims.get("nbf").and_then(|v| v.as_i64()).unwrap_or(now);
     let skew = Duration::from_secs(300).as_secs() as i64;
     if exp <= now - skew || nbf > now + skew {
-        return Err(assertion_error(700024, "Client assertion is not within its valid time range."));
+        return Err(assertion_error(
+            700024,
+            "Client assertion is not within its valid time range.",
+        ));
     }
     Ok(())
 }

@@ -48,9 +48,13 @@ impl CosePublicKey {
                 point.push(0x04);
                 point.extend_from_slice(x);
                 point.extend_from_slice(y);
-                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, point).verify(msg, sig).is_ok()
+                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, point)
+                    .verify(msg, sig)
+                    .is_ok()
             }
-            CosePublicKey::EdDsa { x } => UnparsedPublicKey::new(&signature::ED25519, x).verify(msg, sig).is_ok(),
+            CosePublicKey::EdDsa { x } => UnparsedPublicKey::new(&signature::ED25519, x)
+                .verify(msg, sig)
+                .is_ok(),
             CosePublicKey::Rs256 { n, e } => signature::RsaPublicKeyComponents { n, e }
                 .verify(&signature::RSA_PKCS1_2048_8192_SHA256, msg, sig)
                 .is_ok(),
@@ -59,8 +63,14 @@ impl CosePublicKey {
 
     /// Parses a COSE_Key map (kty, alg, crv and coordinates must agree).
     pub fn from_cbor(value: Value) -> Result<CosePublicKey, WebauthnError> {
-        let map = value.extract_map().ok_or_else(|| err("credential public key is not a CBOR map"))?;
-        let get = |k: i64| map.iter().find(|(key, _)| *key == Value::integer(k)).map(|(_, v)| v.clone());
+        let map = value
+            .extract_map()
+            .ok_or_else(|| err("credential public key is not a CBOR map"))?;
+        let get = |k: i64| {
+            map.iter()
+                .find(|(key, _)| *key == Value::integer(k))
+                .map(|(_, v)| v.clone())
+        };
         let int = |k: i64| get(k).and_then(|v| v.extract_integer());
         let bytes = |k: i64| get(k).and_then(|v| v.extract_byte_string());
         match (int(1), int(3)) {
@@ -112,8 +122,14 @@ fn cbor_item_len(buf: &[u8], depth: u8) -> Option<usize> {
     let (arg, head) = match info {
         0..=23 => (u64::from(info), 1),
         24 => (u64::from(*buf.get(1)?), 2),
-        25 => (u64::from(u16::from_be_bytes(buf.get(1..3)?.try_into().ok()?)), 3),
-        26 => (u64::from(u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?)), 5),
+        25 => (
+            u64::from(u16::from_be_bytes(buf.get(1..3)?.try_into().ok()?)),
+            3,
+        ),
+        26 => (
+            u64::from(u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?)),
+            5,
+        ),
         27 => (u64::from_be_bytes(buf.get(1..9)?.try_into().ok()?), 9),
         _ => return None,
     };
@@ -157,29 +173,47 @@ pub fn parse_auth_data(raw: &[u8]) -> Result<AuthData, WebauthnError> {
             return Err(err("credential id length is invalid"));
         }
         let credential_id = rest[18..id_end].to_vec();
-        let key_len = cbor_item_len(&rest[id_end..], 0).ok_or_else(|| err("credential public key is not valid CBOR"))?;
+        let key_len = cbor_item_len(&rest[id_end..], 0)
+            .ok_or_else(|| err("credential public key is not valid CBOR"))?;
         let key_bytes = &rest[id_end..id_end + key_len];
-        let value = sk_cbor::reader::read_nested(key_bytes, Some(2))
-            .map_err(|e| err(format!("credential public key is not canonical CBOR: {e:?}")))?;
+        let value = sk_cbor::reader::read_nested(key_bytes, Some(2)).map_err(|e| {
+            err(format!(
+                "credential public key is not canonical CBOR: {e:?}"
+            ))
+        })?;
         let public_key = CosePublicKey::from_cbor(value)?;
-        attested = Some(AttestedCredential { aaguid, credential_id, public_key });
+        attested = Some(AttestedCredential {
+            aaguid,
+            credential_id,
+            public_key,
+        });
         pos += id_end + key_len;
     }
     if pos < raw.len() {
         // Extension outputs (ED flag); they must be one well-formed CBOR map.
-        let len = cbor_item_len(&raw[pos..], 0).ok_or_else(|| err("extension data is not valid CBOR"))?;
+        let len =
+            cbor_item_len(&raw[pos..], 0).ok_or_else(|| err("extension data is not valid CBOR"))?;
         if pos + len != raw.len() {
             return Err(err("authenticator data has trailing bytes"));
         }
     }
-    Ok(AuthData { rp_id_hash, flags, counter, attested })
+    Ok(AuthData {
+        rp_id_hash,
+        flags,
+        counter,
+        attested,
+    })
 }
 
 /// The attestation statement.
 #[derive(Debug, Clone)]
 pub enum AttStmt {
     None,
-    Packed { alg: i64, sig: Vec<u8>, x5c: Vec<Vec<u8>> },
+    Packed {
+        alg: i64,
+        sig: Vec<u8>,
+        x5c: Vec<Vec<u8>>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -193,7 +227,9 @@ pub struct AttestationObject {
 pub fn parse_attestation_object(raw: &[u8]) -> Result<AttestationObject, WebauthnError> {
     let value = sk_cbor::reader::read_nested(raw, Some(4))
         .map_err(|e| err(format!("attestationObject is not canonical CBOR: {e:?}")))?;
-    let map = value.extract_map().ok_or_else(|| err("attestationObject is not a CBOR map"))?;
+    let map = value
+        .extract_map()
+        .ok_or_else(|| err("attestationObject is not a CBOR map"))?;
     let mut fmt = None;
     let mut auth = None;
     let mut stmt = None;
@@ -219,14 +255,24 @@ pub fn parse_attestation_object(raw: &[u8]) -> Result<AttestationObject, Webauth
                     Some("alg") => alg = v.extract_integer(),
                     Some("sig") => sig = v.extract_byte_string(),
                     Some("x5c") => {
-                        for c in v.extract_array().ok_or_else(|| err("x5c is not an array"))? {
-                            x5c.push(c.extract_byte_string().ok_or_else(|| err("x5c entry is not bytes"))?);
+                        for c in v
+                            .extract_array()
+                            .ok_or_else(|| err("x5c is not an array"))?
+                        {
+                            x5c.push(
+                                c.extract_byte_string()
+                                    .ok_or_else(|| err("x5c entry is not bytes"))?,
+                            );
                         }
                         if x5c.is_empty() {
                             return Err(err("x5c is empty"));
                         }
                     }
-                    _ => return Err(err("packed attStmt has an unknown member (ECDAA is not supported)")),
+                    _ => {
+                        return Err(err(
+                            "packed attStmt has an unknown member (ECDAA is not supported)",
+                        ));
+                    }
                 }
             }
             let (Some(alg), Some(sig)) = (alg, sig) else {
@@ -234,9 +280,18 @@ pub fn parse_attestation_object(raw: &[u8]) -> Result<AttestationObject, Webauth
             };
             AttStmt::Packed { alg, sig, x5c }
         }
-        other => return Err(err(format!("attestation format '{other}' is not supported; only packed or none"))),
+        other => {
+            return Err(err(format!(
+                "attestation format '{other}' is not supported; only packed or none"
+            )));
+        }
     };
-    Ok(AttestationObject { fmt, raw_auth_data, auth_data, att_stmt })
+    Ok(AttestationObject {
+        fmt,
+        raw_auth_data,
+        auth_data,
+        att_stmt,
+    })
 }
 
 /// The public key of an X.509 certificate, in the form aws-lc-rs verifies with.
@@ -257,7 +312,8 @@ impl CertKey {
 }
 
 pub fn cert_public_key(der: &[u8]) -> Result<CertKey, WebauthnError> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|_| err("certificate is not valid DER"))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|_| err("certificate is not valid DER"))?;
     let spki = cert.public_key();
     let raw = spki.subject_public_key.data.to_vec();
     let oid = &spki.algorithm.algorithm;
@@ -282,24 +338,40 @@ pub struct Verified {
 const AAGUID_EXT: &str = "1.3.6.1.4.1.45724.1.1.4";
 
 /// Verifies the attestation statement over `authData ‖ clientDataHash` (WebAuthn §8.2 for packed).
-pub fn verify_attestation(att: &AttestationObject, client_data_hash: &[u8]) -> Result<Verified, WebauthnError> {
-    let cred = att.auth_data.attested.as_ref().ok_or_else(|| err("authenticator data has no attested credential"))?;
+pub fn verify_attestation(
+    att: &AttestationObject,
+    client_data_hash: &[u8],
+) -> Result<Verified, WebauthnError> {
+    let cred = att
+        .auth_data
+        .attested
+        .as_ref()
+        .ok_or_else(|| err("authenticator data has no attested credential"))?;
     let mut signed = att.raw_auth_data.clone();
     signed.extend_from_slice(client_data_hash);
     match &att.att_stmt {
-        AttStmt::None => Ok(Verified { attested: false, thumbprints: Vec::new() }),
+        AttStmt::None => Ok(Verified {
+            attested: false,
+            thumbprints: Vec::new(),
+        }),
         AttStmt::Packed { alg, sig, x5c } if x5c.is_empty() => {
             if *alg != cred.public_key.alg() {
-                return Err(err("self attestation alg differs from the credential's algorithm"));
+                return Err(err(
+                    "self attestation alg differs from the credential's algorithm",
+                ));
             }
             if !cred.public_key.verify(&signed, sig) {
                 return Err(err("attestation signature is invalid"));
             }
-            Ok(Verified { attested: false, thumbprints: Vec::new() })
+            Ok(Verified {
+                attested: false,
+                thumbprints: Vec::new(),
+            })
         }
         AttStmt::Packed { alg, sig, x5c } => {
             let leaf = &x5c[0];
-            let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| err("attestation certificate is not valid DER"))?;
+            let (_, cert) = X509Certificate::from_der(leaf)
+                .map_err(|_| err("attestation certificate is not valid DER"))?;
             if cert.version() != X509Version::V3 {
                 return Err(err("attestation certificate must be X.509 v3"));
             }
@@ -308,7 +380,9 @@ pub fn verify_attestation(att: &AttestationObject, client_data_hash: &[u8]) -> R
                 .iter_organizational_unit()
                 .any(|ou| ou.as_str().ok() == Some("Authenticator Attestation"));
             if !ou_ok {
-                return Err(err("attestation certificate OU must be 'Authenticator Attestation'"));
+                return Err(err(
+                    "attestation certificate OU must be 'Authenticator Attestation'",
+                ));
             }
             if let Ok(Some(bc)) = cert.basic_constraints()
                 && bc.value.ca
@@ -320,7 +394,9 @@ pub fn verify_attestation(att: &AttestationObject, client_data_hash: &[u8]) -> R
                     // The extension value is an OCTET STRING wrapping the 16 AAGUID bytes.
                     let v = ext.value;
                     if v.len() != 18 || v[0] != 0x04 || v[1] != 16 || v[2..] != cred.aaguid {
-                        return Err(err("attestation certificate AAGUID differs from authenticator data"));
+                        return Err(err(
+                            "attestation certificate AAGUID differs from authenticator data",
+                        ));
                     }
                 }
             }
@@ -335,9 +411,17 @@ pub fn verify_attestation(att: &AttestationObject, client_data_hash: &[u8]) -> R
                 .map_err(|_| err("attestation signature is invalid"))?;
             let thumbprints = x5c
                 .iter()
-                .map(|c| hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, c)))
+                .map(|c| {
+                    hex::encode(aws_lc_rs::digest::digest(
+                        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                        c,
+                    ))
+                })
                 .collect();
-            Ok(Verified { attested: true, thumbprints })
+            Ok(Verified {
+                attested: true,
+                thumbprints,
+            })
         }
     }
 }
@@ -356,8 +440,16 @@ mod tests {
         // {1: 2, 3: [1, h'aabb']} followed by a trailing byte.
         let buf = [0xa2, 0x01, 0x02, 0x03, 0x82, 0x01, 0x42, 0xaa, 0xbb, 0xff];
         assert_eq!(cbor_item_len(&buf, 0), Some(9));
-        assert_eq!(cbor_item_len(&buf[..8], 0), None, "truncated input has no length");
-        assert_eq!(cbor_item_len(&[0x5f], 0), None, "indefinite lengths are refused");
+        assert_eq!(
+            cbor_item_len(&buf[..8], 0),
+            None,
+            "truncated input has no length"
+        );
+        assert_eq!(
+            cbor_item_len(&[0x5f], 0),
+            None,
+            "indefinite lengths are refused"
+        );
     }
 
     #[test]
@@ -372,9 +464,15 @@ mod tests {
     fn unknown_format_is_refused() {
         let mut out = Vec::new();
         let v = Value::map(vec![
-            (Value::text_string("fmt".into()), Value::text_string("tpm".into())),
+            (
+                Value::text_string("fmt".into()),
+                Value::text_string("tpm".into()),
+            ),
             (Value::text_string("attStmt".into()), Value::map(vec![])),
-            (Value::text_string("authData".into()), Value::byte_string(vec![0; 37])),
+            (
+                Value::text_string("authData".into()),
+                Value::byte_string(vec![0; 37]),
+            ),
         ]);
         sk_cbor::writer::write(v, &mut out).expect("encodes");
         let e = parse_attestation_object(&out).expect_err("tpm is not accepted");

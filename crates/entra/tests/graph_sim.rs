@@ -1,0 +1,619 @@
+//! The Graph client against the simulator, over real HTTP on loopback.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use keyward_entra::{
+    ApiVersion, AssertionAlg, CertificateCredential, ClientCredential, EntraConfig, ErrorKind,
+    GraphClient, OurAuthenticator, Preflight, Secret, TapRequest, UserSource,
+};
+use keyward_graph_sim::{DeltaReset, Fault, PolicyTarget};
+use support::{Attest, SoftKey, client, config, sim};
+
+fn ours() -> OurAuthenticator {
+    OurAuthenticator {
+        aaguid: uuid::Uuid::from_bytes(support::AAGUID).to_string(),
+        mds_attested: false,
+    }
+}
+
+#[tokio::test]
+async fn imports_ten_thousand_users_through_paging() {
+    let sim = sim(10_000).await;
+    let graph = client(&sim);
+    let mut pages = graph.users(UserSource::All);
+    let (mut n_pages, mut ids, mut disabled) = (0, HashSet::new(), 0);
+    while let Some(page) = pages.next_page().await {
+        let page = page.expect("page");
+        n_pages += 1;
+        assert_eq!(page.full_round_starts, n_pages == 1);
+        assert!(page.users.len() <= 999);
+        for u in page.users {
+            assert!(u.user_principal_name.is_some());
+            let enabled = u.account_enabled.expect("accountEnabled is selected");
+            disabled += usize::from(!enabled);
+            assert!(ids.insert(u.id), "no user twice");
+        }
+        if page.last {
+            assert!(page.delta_link.is_none());
+        }
+    }
+    assert_eq!(ids.len(), 10_000);
+    assert_eq!(n_pages, 11, "999 per page");
+    assert_eq!(disabled, 200, "every 50th seeded account is disabled");
+}
+
+#[tokio::test]
+async fn group_import_follows_nested_groups() {
+    let sim = sim(2_500).await;
+    let graph = client(&sim);
+    let group = sim.control.group_id("Keyward Pilot").expect("seeded group");
+    let expected = sim.control.group_user_count(&group);
+    let pages: Vec<_> = graph
+        .users(UserSource::Group { group_id: group })
+        .into_stream()
+        .collect()
+        .await;
+    let users: HashSet<String> = pages
+        .into_iter()
+        .flat_map(|p| p.expect("page").users)
+        .map(|u| u.id)
+        .collect();
+    assert_eq!(users.len(), expected);
+    assert!(expected > 999, "the group spans several pages ({expected})");
+    let missing = graph
+        .users(UserSource::Group {
+            group_id: "00000000-0000-0000-0000-000000000000".into(),
+        })
+        .next_page()
+        .await;
+    assert_eq!(
+        missing
+            .expect("one answer")
+            .expect_err("unknown group")
+            .kind,
+        ErrorKind::NotFound
+    );
+}
+
+async fn delta_round(
+    graph: &GraphClient,
+    link: Option<String>,
+) -> (Vec<keyward_entra::UserPage>, String) {
+    let mut pages = graph.users(UserSource::Delta { delta_link: link });
+    let mut out = Vec::new();
+    while let Some(p) = pages.next_page().await {
+        out.push(p.expect("delta page"));
+    }
+    let link = out
+        .last()
+        .and_then(|p| p.delta_link.clone())
+        .expect("last page has a delta link");
+    (out, link)
+}
+
+#[tokio::test]
+async fn delta_reports_added_changed_and_removed_users() {
+    let sim = sim(1_500).await;
+    let graph = client(&sim);
+    let (first, link) = delta_round(&graph, None).await;
+    assert!(first[0].full_round_starts);
+    assert_eq!(first.iter().map(|p| p.users.len()).sum::<usize>(), 1_500);
+    assert!(first.len() >= 2, "delta pages too");
+
+    let added = sim.control.add_user("new.hire@contoso.example", "New Hire");
+    let (changed, _) = support::user(&sim, 10).expect("user");
+    let (removed, _) = support::user(&sim, 20).expect("user");
+    assert!(sim.control.update_user(&changed, None, Some(false)));
+    assert!(sim.control.remove_user(&removed));
+
+    let (second, link2) = delta_round(&graph, Some(link)).await;
+    assert!(!second[0].full_round_starts, "an incremental round");
+    let users: Vec<_> = second.iter().flat_map(|p| p.users.clone()).collect();
+    let ids: HashSet<_> = users.iter().map(|u| u.id.clone()).collect();
+    assert_eq!(ids, HashSet::from([added.clone(), changed.clone()]));
+    assert_eq!(
+        users
+            .iter()
+            .find(|u| u.id == changed)
+            .and_then(|u| u.account_enabled),
+        Some(false)
+    );
+    let removed_ids: Vec<_> = second.iter().flat_map(|p| p.removed.clone()).collect();
+    assert_eq!(removed_ids, vec![removed]);
+
+    // Nothing changed: an empty round with a fresh link.
+    let (third, _) = delta_round(&graph, Some(link2.clone())).await;
+    assert!(
+        third
+            .iter()
+            .all(|p| p.users.is_empty() && p.removed.is_empty())
+    );
+
+    // Graph forgets the sync state: the pager starts a full round by itself.
+    sim.control.expire_delta_tokens(DeltaReset::ResyncRequired);
+    let (fourth, _) = delta_round(&graph, Some(link2)).await;
+    assert!(fourth[0].full_round_starts);
+    assert_eq!(fourth.iter().map(|p| p.users.len()).sum::<usize>(), 1_500);
+}
+
+fn rsa_cert() -> (Vec<u8>, Vec<u8>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+    let cert = rcgen::CertificateParams::new(vec!["keyward-entra-test".into()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    (cert.der().to_vec(), key.serialize_der())
+}
+
+#[tokio::test]
+async fn tokens_with_secret_and_certificate() {
+    let sim = sim(5).await;
+    client(&sim)
+        .check_credentials()
+        .await
+        .expect("secret works");
+
+    let (cert, key) = rsa_cert();
+    sim.control.register_certificate(cert.clone());
+    for alg in [AssertionAlg::Ps256, AssertionAlg::Rs256] {
+        let cred = CertificateCredential::from_der(cert.clone(), &key, alg).expect("credential");
+        let graph = GraphClient::new(config(&sim, ClientCredential::Certificate(Box::new(cred))))
+            .expect("config");
+        graph.check_credentials().await.expect("certificate works");
+        graph
+            .list_passkeys(&support::user(&sim, 1).expect("user").0)
+            .await
+            .expect("the token is accepted by Graph");
+    }
+
+    let (other_cert, other_key) = rsa_cert();
+    let cred = CertificateCredential::from_der(other_cert, &other_key, AssertionAlg::Ps256)
+        .expect("credential");
+    let graph = GraphClient::new(config(&sim, ClientCredential::Certificate(Box::new(cred))))
+        .expect("config");
+    let e = graph
+        .check_credentials()
+        .await
+        .expect_err("unregistered certificate");
+    assert_eq!(e.kind, ErrorKind::Auth);
+    assert_eq!(e.code.as_deref(), Some("AADSTS700027"));
+
+    let graph = GraphClient::new(config(
+        &sim,
+        ClientCredential::Secret(Secret::new("not-the-secret")),
+    ))
+    .expect("config");
+    let e = graph.check_credentials().await.expect_err("wrong secret");
+    assert_eq!(e.kind, ErrorKind::Auth);
+    assert_eq!(e.code.as_deref(), Some("AADSTS7000215"));
+    let text = format!("{e} {e:?}");
+    assert!(e.reason().contains("client secret"), "{}", e.reason());
+    assert!(
+        !text.contains("not-the-secret"),
+        "the secret never appears in errors"
+    );
+}
+
+#[tokio::test]
+async fn registers_passkeys_that_then_sign_in() {
+    let sim = sim(5).await;
+    let graph = client(&sim);
+    let (user, upn) = support::user(&sim, 1).expect("user");
+
+    let options = graph
+        .creation_options(&user, None)
+        .await
+        .expect("v1.0 options");
+    assert_eq!(options.rp_id, "login.microsoft.com");
+    assert!(options.challenge.len() > 5_000, "Entra-sized challenge");
+    assert_eq!(options.user_id, sim.control.user_handle(&user));
+    assert!(options.exclude_credentials.is_empty());
+    let mut key1 = SoftKey::new();
+    let method = graph
+        .register_passkey(
+            &user,
+            &key1.register(&options, Attest::None),
+            ApiVersion::V1,
+        )
+        .await
+        .expect("none accepted");
+    assert_eq!(method.aa_guid.as_deref(), Some(ours().aaguid.as_str()));
+    assert_eq!(method.attestation_level.as_deref(), Some("notAttested"));
+    assert_eq!(method.passkey_type.as_deref(), Some("deviceBound"));
+
+    // Beta, with a long challenge: the first credential is now excluded (standard base64 there).
+    let options = graph
+        .creation_options(&upn, Some(60))
+        .await
+        .expect("beta options");
+    let timeout = options.challenge_timeout.expect("timeout");
+    assert!(timeout > chrono::Utc::now() + chrono::Duration::minutes(55));
+    assert!(options.exclude_credentials.contains(&key1.credential_id));
+    let key2 = SoftKey::new();
+    graph
+        .register_passkey(
+            &upn,
+            &key2.register(&options, Attest::PackedSelf),
+            ApiVersion::Beta,
+        )
+        .await
+        .expect("packed self accepted");
+    // The same challenge cannot register again.
+    let key3 = SoftKey::new();
+    let e = graph
+        .register_passkey(&upn, &key3.register(&options, Attest::None), ApiVersion::V1)
+        .await
+        .expect_err("reused challenge");
+    assert_eq!(e.kind, ErrorKind::Rejected);
+
+    let listed = graph.list_passkeys(&user).await.expect("list");
+    assert_eq!(listed.len(), 2);
+
+    // The passkey works: sign in, with the counter increasing each time.
+    let challenge = sim.control.signin_challenge(&upn).expect("challenge");
+    let ok = sim
+        .control
+        .verify_signin(&key1.assert(&upn, &challenge, 1))
+        .expect("sign-in");
+    assert_eq!(ok.method_id, method.id);
+    let challenge = sim.control.signin_challenge(&upn).expect("challenge");
+    sim.control
+        .verify_signin(&key1.assert(&upn, &challenge, 3))
+        .expect("second sign-in");
+    let challenge = sim.control.signin_challenge(&upn).expect("challenge");
+    let e = sim
+        .control
+        .verify_signin(&key1.assert(&upn, &challenge, 0))
+        .expect_err("counter did not increase");
+    assert!(e.contains("counter"), "{e}");
+    let challenge = sim.control.signin_challenge(&upn).expect("challenge");
+    let mut a = key1.assert(&upn, &challenge, 1);
+    a.signature = a.signature.replace('A', "B");
+    assert!(
+        sim.control.verify_signin(&a).is_err(),
+        "a tampered signature fails"
+    );
+
+    graph
+        .delete_passkey(&user, &method.id)
+        .await
+        .expect("delete");
+    assert_eq!(graph.list_passkeys(&user).await.expect("list").len(), 1);
+    let e = graph
+        .delete_passkey(&user, &method.id)
+        .await
+        .expect_err("already gone");
+    assert_eq!(e.kind, ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn bad_registrations_are_rejected_like_entra() {
+    let sim = sim(5).await;
+    let graph = client(&sim);
+    let (user, _) = support::user(&sim, 2).expect("user");
+    let (other, _) = support::user(&sim, 3).expect("user");
+    let options = graph.creation_options(&user, None).await.expect("options");
+    let key = SoftKey::new();
+
+    let mut bad_sig = key.register(&options, Attest::PackedSelf);
+    let at = bad_sig
+        .attestation_object
+        .windows(4)
+        .position(|w| w == b"csig")
+        .expect("sig key");
+    bad_sig.attestation_object[at + 4 + 2 + 10] ^= 0x01; // a byte inside the DER signature
+    let wrong_origin = key.registration_with(
+        &keyward_entra::client_data_json(&options.challenge, "login.microsoftonline.com"),
+        "login.microsoft.com",
+        0x45,
+        Attest::None,
+    );
+    let other_options = graph.creation_options(&other, None).await.expect("options");
+    let wrong_challenge = key.register(&other_options, Attest::None);
+    let no_uv = key.registration_with(
+        &options.client_data_json(),
+        "login.microsoft.com",
+        0x41,
+        Attest::None,
+    );
+    let wrong_rp = key.registration_with(
+        &options.client_data_json(),
+        "evil.example",
+        0x45,
+        Attest::None,
+    );
+
+    for (name, reg) in [
+        ("bad signature", bad_sig),
+        ("wrong origin", wrong_origin),
+        ("wrong challenge", wrong_challenge),
+        ("no UV", no_uv),
+        ("wrong rp", wrong_rp),
+    ] {
+        let e = graph
+            .register_passkey(&user, &reg, ApiVersion::V1)
+            .await
+            .expect_err(name);
+        assert_eq!(e.kind, ErrorKind::Rejected, "{name}: {e}");
+        assert_eq!(e.status, Some(400), "{name}");
+        assert_eq!(e.code.as_deref(), Some("badRequest"), "{name}");
+        assert!(e.request_id.is_some(), "{name}: request-id kept");
+    }
+    // The good one still works afterwards: rejections did not consume the challenge.
+    graph
+        .register_passkey(&user, &key.register(&options, Attest::None), ApiVersion::V1)
+        .await
+        .expect("valid registration");
+}
+
+#[tokio::test]
+async fn throttling_honours_retry_after() {
+    let sim = sim(5).await;
+    let graph = client(&sim);
+    sim.control
+        .push_fault(Fault::Throttle { retry_after: 1 }, 2);
+    let start = Instant::now();
+    let (user, _) = support::user(&sim, 1).expect("user");
+    graph
+        .list_passkeys(&user)
+        .await
+        .expect("succeeds after waiting");
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "waited Retry-After twice: {:?}",
+        start.elapsed()
+    );
+
+    // The write limit: Retry-After beyond what we sleep comes back as Throttled.
+    sim.control.set_write_limit(1, Duration::from_secs(150));
+    graph
+        .create_temporary_access_pass(&user, &TapRequest::default())
+        .await
+        .expect("first write");
+    let e = graph
+        .create_temporary_access_pass(&user, &TapRequest::default())
+        .await
+        .expect_err("over the limit");
+    match e.kind {
+        ErrorKind::Throttled {
+            retry_after: Some(d),
+        } => assert!(d > Duration::from_secs(100), "{d:?}"),
+        other => panic!("expected Throttled, got {other:?}"),
+    }
+    assert!(e.request_id.is_some());
+}
+
+#[tokio::test]
+async fn server_errors_and_dropped_connections_are_retried() {
+    let sim = sim(5).await;
+    let graph = client(&sim);
+    let (user, _) = support::user(&sim, 1).expect("user");
+    sim.control.push_fault(
+        Fault::Status {
+            status: 500,
+            retry_after: None,
+        },
+        2,
+    );
+    sim.control.push_fault(Fault::Drop, 1);
+    graph
+        .list_passkeys(&user)
+        .await
+        .expect("retried through two 500s and a dropped connection");
+
+    sim.control.push_fault(
+        Fault::Status {
+            status: 502,
+            retry_after: None,
+        },
+        10,
+    );
+    let e = graph
+        .list_passkeys(&user)
+        .await
+        .expect_err("bounded attempts");
+    assert_eq!(e.kind, ErrorKind::Transport);
+    assert_eq!(e.status, Some(502));
+    sim.control.clear_faults();
+
+    // A registration is never repeated after an ambiguous 500 ...
+    let options = graph.creation_options(&user, None).await.expect("options");
+    let key = SoftKey::new();
+    let reg = key.register(&options, Attest::None);
+    sim.control.push_fault(
+        Fault::Status {
+            status: 500,
+            retry_after: None,
+        },
+        1,
+    );
+    let e = graph
+        .register_passkey(&user, &reg, ApiVersion::V1)
+        .await
+        .expect_err("not retried");
+    assert_eq!(e.kind, ErrorKind::Transport);
+    // ... but a 503 with Retry-After means Graph did nothing, so it is.
+    sim.control.push_fault(
+        Fault::Status {
+            status: 503,
+            retry_after: Some(1),
+        },
+        1,
+    );
+    graph
+        .register_passkey(&user, &reg, ApiVersion::V1)
+        .await
+        .expect("retried after 503");
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_bad_response() {
+    let sim = sim(5).await;
+    let graph = client(&sim);
+    sim.control.push_fault(Fault::Malformed, 1);
+    let e = graph
+        .users(UserSource::All)
+        .next_page()
+        .await
+        .expect("answer")
+        .expect_err("malformed");
+    assert!(matches!(e.kind, ErrorKind::BadResponse { .. }), "{e:?}");
+    assert!(e.request_id.is_some());
+}
+
+#[tokio::test]
+async fn consenting_admin_gets_405() {
+    let sim = sim(5).await;
+    let graph = client(&sim);
+    let admin = sim.control.simulator().config().consenting_admin.clone();
+    let e = graph.creation_options(&admin, None).await.expect_err("405");
+    assert_eq!(e.kind, ErrorKind::ConsentingAdmin);
+    assert_eq!(e.code.as_deref(), Some("methodNotAllowed"));
+    assert!(e.reason().contains("405"));
+}
+
+#[tokio::test]
+async fn preflight_explains_policy_blocks() {
+    let sim = sim(50).await;
+    let graph = client(&sim);
+    let (user, _) = support::user(&sim, 1).expect("user");
+    assert_eq!(
+        graph.preflight(&user, &ours()).await.expect("preflight"),
+        Preflight::Ready
+    );
+
+    let mut policy = sim.control.policy();
+    policy.is_attestation_enforced = true;
+    sim.control.set_policy(policy.clone());
+    match graph.preflight(&user, &ours()).await.expect("preflight") {
+        Preflight::Blocked { reason } => assert!(reason.contains("attestation"), "{reason}"),
+        Preflight::Ready => panic!("attestation enforcement must block"),
+    }
+    let options = graph
+        .creation_options(&user, None)
+        .await
+        .expect("options still issued");
+    let e = graph
+        .register_passkey(
+            &user,
+            &SoftKey::new().register(&options, Attest::PackedSelf),
+            ApiVersion::V1,
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(e.kind, ErrorKind::Rejected);
+
+    // Scope: only the nested pilot group is targeted.
+    policy.is_attestation_enforced = false;
+    let nested = sim
+        .control
+        .group_id("Keyward Pilot - Nested")
+        .expect("group");
+    policy.include_targets = vec![PolicyTarget {
+        target_type: "group".into(),
+        id: nested.clone(),
+    }];
+    sim.control.set_policy(policy);
+    let data_members: Vec<String> = graph
+        .users(UserSource::Group { group_id: nested })
+        .into_stream()
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .flat_map(|p| p.expect("page").users)
+        .map(|u| u.id)
+        .collect();
+    let member = &data_members[0];
+    let outsider = (0..49)
+        .filter_map(|i| support::user(&sim, i))
+        .map(|u| u.0)
+        .find(|id| !data_members.contains(id))
+        .expect("outsider");
+    assert_eq!(
+        graph.preflight(member, &ours()).await.expect("preflight"),
+        Preflight::Ready
+    );
+    match graph
+        .preflight(&outsider, &ours())
+        .await
+        .expect("preflight")
+    {
+        Preflight::Blocked { reason } => assert!(reason.contains("does not include"), "{reason}"),
+        Preflight::Ready => panic!("user out of scope"),
+    }
+    let e = graph
+        .creation_options(&outsider, None)
+        .await
+        .expect_err("Entra agrees");
+    assert_eq!(e.kind, ErrorKind::Policy);
+}
+
+#[tokio::test]
+async fn missing_permission_and_expired_tokens() {
+    let sim = sim(5).await;
+    let graph = client(&sim);
+    let (user, _) = support::user(&sim, 1).expect("user");
+    graph.list_passkeys(&user).await.expect("works");
+    sim.control.expire_tokens();
+    graph
+        .list_passkeys(&user)
+        .await
+        .expect("a new token is fetched after a 401");
+    sim.control.set_forbidden(true);
+    let e = graph.list_passkeys(&user).await.expect_err("403");
+    assert_eq!(e.kind, ErrorKind::Permission);
+    assert!(e.reason().contains("permission"));
+}
+
+#[tokio::test]
+async fn temporary_access_pass() {
+    let sim = sim(5).await;
+    let graph = client(&sim);
+    let (user, _) = support::user(&sim, 1).expect("user");
+    let tap = graph
+        .create_temporary_access_pass(
+            &user,
+            &TapRequest {
+                lifetime_minutes: Some(120),
+                usable_once: Some(true),
+                start: None,
+            },
+        )
+        .await
+        .expect("TAP");
+    assert_eq!(tap.pass.expose().chars().count(), 8);
+    assert_eq!(tap.lifetime_minutes, Some(120));
+    assert_eq!(tap.usable_once, Some(true));
+    assert!(!format!("{tap:?}").contains(tap.pass.expose()));
+    let e = graph
+        .create_temporary_access_pass(
+            &user,
+            &TapRequest {
+                lifetime_minutes: Some(5),
+                ..TapRequest::default()
+            },
+        )
+        .await
+        .expect_err("below the policy minimum");
+    assert_eq!(e.kind, ErrorKind::Policy);
+}
+
+#[test]
+fn plain_http_is_only_for_loopback() {
+    let cfg = EntraConfig::new("t", "c", ClientCredential::Secret(Secret::new("s")))
+        .with_graph_url("http://graph.example.com");
+    assert_eq!(
+        GraphClient::new(cfg).expect_err("refused").kind,
+        ErrorKind::Config
+    );
+    let cfg = EntraConfig::new("t", "c", ClientCredential::Secret(Secret::new("s")))
+        .with_authority_url("http://login.example.com");
+    assert_eq!(
+        GraphClient::new(cfg).expect_err("refused").kind,
+        ErrorKind::Config
+    );
+}

@@ -1,7 +1,9 @@
 // Keyward panel: the REST API client. Every request of the panel goes through `api()`, so the
 // session cookie, the CSRF header on unsafe methods and the problem+json errors are handled in
-// one place. The CSRF token comes from the sign-in answer (or /me) and lives in sessionStorage:
-// it is readable by this origin's script only, and dies with the tab.
+// one place. The CSRF token comes from the sign-in answer (or /auth/me when the server sends it) and
+// lives in localStorage: readable by this origin's script only, shared by the tabs of the session
+// (the cookie outlives a tab too), and removed at sign-out. It is useless without the HttpOnly
+// session cookie, which script cannot read.
 
 const BASE = "/api/v1";
 const CSRF_KEY = "keyward.csrf";
@@ -16,12 +18,12 @@ export class ApiError extends Error {
 }
 
 export function setCsrf(token) {
-  if (token) sessionStorage.setItem(CSRF_KEY, token);
-  else sessionStorage.removeItem(CSRF_KEY);
+  if (token) localStorage.setItem(CSRF_KEY, token);
+  else localStorage.removeItem(CSRF_KEY);
 }
 
 function csrf() {
-  return sessionStorage.getItem(CSRF_KEY) || "";
+  return localStorage.getItem(CSRF_KEY) || "";
 }
 
 // The CSRF token may come under either name; the server's login answer decides.
@@ -103,7 +105,7 @@ export const endpoints = {
   login: (email, password, org) =>
     api("POST", "/auth/login", org ? { org, email, password } : { email, password }, { signIn: true }),
   logout: () => api("POST", "/auth/logout"),
-  me: () => api("GET", "/me"),
+  me: () => api("GET", "/auth/me"),
   setup: (token, org, email, password) =>
     api("POST", "/setup", { token, org, email, password }, { signIn: true }),
   passkeyBegin: () => api("POST", "/auth/passkey/begin", {}, { signIn: true }),
@@ -119,7 +121,7 @@ export const endpoints = {
   connect: (id) => api("POST", `/users/${enc(id)}/connect`, {}),
   disconnect: (id) => api("DELETE", `/users/${enc(id)}/connect`),
   activation: (id) => api("POST", `/users/${enc(id)}/activation`, {}),
-  pairing: () => api("GET", "/me/pairing"),
+  pairing: () => api("GET", "/auth/me/pairing"),
   provision: (userIds, mode, assignMissingKeys) =>
     api("POST", "/provisioning", {
       rp: "microsoft",

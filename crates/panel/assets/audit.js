@@ -55,7 +55,7 @@ async function exportCsv() {
   let cursor = "";
   let count = 0;
   do {
-    const data = await endpoints.audit({ ...state.filters, limit: 500, cursor });
+    const data = await endpoints.audit({ ...state.filters, limit: 200, cursor });
     for (const a of itemsOf(data)) {
       lines.push([a.seq, a.at, a.actor, a.action, a.target, a.detail, a.hash].map(csvField).join(","));
       count += 1;

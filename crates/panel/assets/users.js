@@ -74,15 +74,32 @@ function row(user) {
   return h("tr", { dataset: { id: user.id, status: user.status || "" } }, ...cells);
 }
 
+// Whether the server filters by source itself. A server that does not know the parameter refuses
+// it (400, unknown field); the page then filters each fetched page in the browser instead.
+let serverFiltersSource = true;
+
+async function fetchPage() {
+  const params = { ...state.filters, limit: PAGE_SIZE, cursor: state.cursors[state.page] };
+  if (!serverFiltersSource) delete params.source;
+  try {
+    return await endpoints.users(params);
+  } catch (e) {
+    if (e.status === 400 && params.source && serverFiltersSource) {
+      serverFiltersSource = false;
+      return fetchPage();
+    }
+    throw e;
+  }
+}
+
 async function load() {
   status("Loading users…");
   try {
-    const data = await endpoints.users({
-      ...state.filters,
-      limit: PAGE_SIZE,
-      cursor: state.cursors[state.page],
-    });
+    const data = await fetchPage();
     state.rows = itemsOf(data);
+    if (!serverFiltersSource && state.filters.source) {
+      state.rows = state.rows.filter((u) => u.source === state.filters.source);
+    }
     state.next = (data && data.next_cursor) || "";
     rememberUserNames(state.rows);
     $("#users-table tbody").replaceChildren(...state.rows.map(row));

@@ -114,3 +114,78 @@ pub fn issue_batch_certificate(
         pkcs8_der: Zeroizing::new(key.serialize_der()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::oid_registry;
+    use x509_parser::prelude::*;
+
+    fn attribute<'a>(
+        name: &'a X509Name<'a>,
+        oid: &x509_parser::der_parser::Oid<'_>,
+    ) -> Option<&'a str> {
+        name.iter_attributes()
+            .find(|a| a.attr_type() == oid)
+            .and_then(|a| a.as_str().ok())
+    }
+
+    #[test]
+    fn batch_certificate_meets_the_fido_requirements() {
+        let aaguid = *b"keyward-aaguid-1";
+        let ca = generate_ca("Example Org").expect("ca");
+        let batch = issue_batch_certificate(&ca, aaguid, "Example Org").expect("batch");
+        assert_eq!(batch.cert_chain_der.len(), 1, "the root is not sent in x5c");
+        let (_, cert) = X509Certificate::from_der(&batch.cert_chain_der[0]).expect("der");
+        assert_eq!(cert.version(), X509Version::V3);
+        let subject = cert.subject();
+        assert_eq!(
+            attribute(subject, &oid_registry::OID_X509_COUNTRY_NAME),
+            Some("ZZ")
+        );
+        assert_eq!(
+            attribute(subject, &oid_registry::OID_X509_ORGANIZATION_NAME),
+            Some("Example Org")
+        );
+        assert_eq!(
+            attribute(subject, &oid_registry::OID_X509_ORGANIZATIONAL_UNIT),
+            Some("Authenticator Attestation")
+        );
+        assert!(attribute(subject, &oid_registry::OID_X509_COMMON_NAME).is_some());
+        let constraints = cert.basic_constraints().expect("parse").expect("present");
+        assert!(!constraints.value.ca);
+        let aaguid_oid = x509_parser::der_parser::oid!(1.3.6.1.4.1.45724.1.1.4);
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid == aaguid_oid)
+            .expect("AAGUID extension");
+        assert!(!ext.critical);
+        assert_eq!(ext.value, [&[0x04, 0x10][..], &aaguid].concat());
+
+        // Signed by the CA, whose subject is the batch certificate's issuer.
+        let (_, root) = X509Certificate::from_der(&ca.cert_der).expect("ca der");
+        assert_eq!(cert.issuer(), root.subject());
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
+        UnparsedPublicKey::new(
+            &ECDSA_P256_SHA256_ASN1,
+            &root.public_key().subject_public_key.data,
+        )
+        .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
+        .expect("CA signature");
+        assert!(
+            root.basic_constraints()
+                .expect("parse")
+                .expect("present")
+                .value
+                .ca
+        );
+        assert!(ca.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        // The batch key is a P-256 PKCS#8 key that aws-lc-rs can use.
+        crate::crypto::SigningKey::from_pkcs8(-7, &batch.pkcs8_der).expect("batch key");
+        assert!(
+            !format!("{batch:?}").contains("pkcs8"),
+            "Debug hides the key"
+        );
+    }
+}

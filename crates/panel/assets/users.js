@@ -92,8 +92,9 @@ async function fetchPage() {
   }
 }
 
-async function load() {
-  status("Loading users…");
+/** Loads the current page; `announce: false` keeps the status line of an action just finished. */
+async function load({ announce = true } = {}) {
+  if (announce) status("Loading users…");
   try {
     const data = await fetchPage();
     state.rows = itemsOf(data);
@@ -107,7 +108,7 @@ async function load() {
     $("#page-number").textContent = `Page ${state.page + 1}`;
     $("#page-prev").disabled = state.page === 0;
     $("#page-next").disabled = !state.next;
-    status(`${state.rows.length} user${state.rows.length === 1 ? "" : "s"} on this page.`);
+    if (announce) status(`${state.rows.length} user${state.rows.length === 1 ? "" : "s"} on this page.`);
   } catch (e) {
     status(`Could not load users: ${e.message}`, "error");
   }
@@ -152,7 +153,7 @@ function initActions() {
         u.key_id ? Promise.resolve() : endpoints.assignKey(u.id),
       );
       if (failures.length === 0) state.selected.clear();
-      await load();
+      await load({ announce: false });
     }),
   );
   $("#action-disable").addEventListener("click", (ev) =>
@@ -161,7 +162,7 @@ function initActions() {
       if (!window.confirm(`Disable ${n} user${n === 1 ? "" : "s"}? Their keys stop working.`)) return;
       const failures = await forEachSelected("Disabling users", (u) => endpoints.disableUser(u.id));
       if (failures.length === 0) state.selected.clear();
-      await load();
+      await load({ announce: false });
     }),
   );
   const dialog = $("#provision-dialog");

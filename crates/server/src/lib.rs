@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod directories;
 pub mod error;
 pub mod jobs;
 pub mod keyops;

@@ -71,6 +71,8 @@ pub enum Permission {
     ViewAudit,
     /// Send CTAP messages to a key (registration on a user's behalf).
     UseKeys,
+    /// Organisation settings such as directory connections: owners only.
+    ManageSettings,
 }
 
 impl Permission {
@@ -83,6 +85,7 @@ impl Permission {
             Permission::ManageUsers | Permission::UseKeys => matches!(role, Owner | Admin),
             Permission::IssueActivation => matches!(role, Owner | Admin | Helpdesk),
             Permission::ViewAudit => matches!(role, Owner | Admin | Auditor),
+            Permission::ManageSettings => matches!(role, Owner),
         }
     }
 }
@@ -133,6 +136,10 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::GET, "/jobs/{id}/events", ViewUsers, get(crate::jobs::api::events)),
         route(Method::POST, "/jobs/{id}/retry", ManageUsers, post(crate::jobs::api::retry)),
         route(Method::POST, "/jobs/{id}/cancel", ManageUsers, post(crate::jobs::api::cancel)),
+        route(Method::GET, "/directories", ViewUsers, get(crate::directories::api::list)),
+        route(Method::POST, "/directories/entra", ManageSettings, post(crate::directories::api::create)),
+        route(Method::POST, "/directories/{id}/import", ManageUsers, post(crate::directories::api::import)),
+        route(Method::POST, "/directories/{id}/test", ManageUsers, post(crate::directories::api::test)),
     ]
 }
 
@@ -273,6 +280,9 @@ pub(crate) fn decode_cursor(c: &str) -> Result<String, ApiError> {
         keys::credentials, keys::assign_one, keys::assign_many, keys::get_one, keys::suspend,
         keys::resume, keys::revoke, keys::ctap,
         audit::list,
+        crate::jobs::api::get_job, crate::jobs::api::events, crate::jobs::api::retry, crate::jobs::api::cancel,
+        crate::directories::api::list, crate::directories::api::create, crate::directories::api::import,
+        crate::directories::api::test,
     ),
     components(schemas(crate::error::Problem)),
     modifiers(&SecurityAddon),

@@ -1,7 +1,7 @@
 // Keyward panel: Admins and roles. Owners add admins and change roles; auditors read the list.
 
 import { endpoints, itemsOf } from "./api.js";
-import { $, h, can, busy, status, showError } from "./ui.js";
+import { loadFailure, $, h, can, busy, status, showError } from "./ui.js";
 
 const ROLES = ["owner", "admin", "helpdesk", "auditor"];
 
@@ -47,7 +47,7 @@ async function load() {
     const admins = itemsOf(await endpoints.admins());
     $("#admins tbody").replaceChildren(...admins.map(row));
   } catch (e) {
-    status(`Could not load admins: ${e.message}`, "error");
+    status(...loadFailure("the admins", e));
   }
 }
 

@@ -3,7 +3,7 @@
 // plain-language reasons); an import runs as a job shown at the top of the page.
 
 import { endpoints, itemsOf } from "./api.js";
-import { $, h, can, busy, status, fmt, fmtTime, showError } from "./ui.js";
+import { loadFailure, $, h, can, busy, status, fmt, fmtTime, showError } from "./ui.js";
 import { watchJob, initJobRegion } from "./jobs.js";
 
 function showTest(dir, result) {
@@ -79,7 +79,7 @@ async function load() {
         withErrors.last_import.errors.slice(0, 5).map((e) => e.reason || e.message || String(e)).join("; "), "error");
     }
   } catch (e) {
-    status(`Could not load directories: ${e.message}`, "error");
+    status(...loadFailure("directory connections", e));
   }
 }
 

@@ -2,7 +2,7 @@
 // Everyone with settings.read sees them; only settings.write may change them.
 
 import { endpoints } from "./api.js";
-import { $, $$, can, busy, status, showError } from "./ui.js";
+import { loadFailure, $, $$, can, busy, status, showError } from "./ui.js";
 
 function fill(s) {
   for (const r of $$("input[name=attestation]")) r.checked = r.value === s.attestation;
@@ -46,6 +46,6 @@ export async function init() {
   try {
     fill((await endpoints.settings()) || {});
   } catch (e) {
-    status(`Could not load settings: ${e.message}`, "error");
+    status(...loadFailure("settings", e));
   }
 }

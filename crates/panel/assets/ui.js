@@ -34,7 +34,7 @@ const ROLE_PERMISSIONS = {
     "users.read", "users.write", "keys.write", "bulk", "provisioning", "connect", "activation",
     "directories.read", "directories.import", "audit.read", "jobs.read",
   ],
-  helpdesk: ["users.read", "connect", "jobs.read"],
+  helpdesk: ["users.read", "connect", "activation", "jobs.read"],
   auditor: [
     "users.read", "directories.read", "admins.read", "audit.read", "settings.read", "jobs.read",
   ],
@@ -75,6 +75,15 @@ export function showError(target, error) {
   const text = error ? (error.message || String(error)) : "";
   if (el) el.textContent = text;
   else status(text, "error");
+}
+
+/**
+ * The status line for a failed load. A 404 on a list means this server has no such endpoint (an
+ * older or partial installation), which is not an error of the admin's.
+ */
+export function loadFailure(what, error) {
+  if (error && error.status === 404) return [`This server does not offer ${what} yet.`, "info"];
+  return [`Could not load ${what}: ${error.message}`, "error"];
 }
 
 export function fmtTime(value) {

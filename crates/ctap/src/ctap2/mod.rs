@@ -85,3 +85,6 @@ pub fn success(body: Option<&crate::cbor::Value>) -> Vec<u8> {
 pub fn failure(status: crate::status::StatusCode) -> Vec<u8> {
     vec![status.as_u8()]
 }
+
+#[cfg(test)]
+mod tests;

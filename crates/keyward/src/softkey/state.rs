@@ -1,0 +1,490 @@
+//! The softkey's state file and its [`Store`] implementation.
+//!
+//! The file is JSON with a version field and base64 for bytes. Everything secret in it is sealed
+//! with the file key (see `crypt`); the PIN is only present as a keyed verifier.
+//!
+//! Every mutating `Store` call applies its change to a copy of the state, writes the whole file
+//! atomically (temporary file in the same directory, fsync, rename, fsync of the directory) and
+//! only then adopts the copy. So a reply never leaves before its state is on disk, a crash
+//! mid-write leaves the old or the new file but never a torn one, and a failed write leaves
+//! memory and disk agreeing (the engine then fails closed with CTAP2_ERR_OTHER).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use base64::engine::general_purpose::STANDARD as B64;
+use keyward_authenticator::{KeyState, Store, StoreError, StoredCredential, UserEntity};
+use serde::{Deserialize, Serialize};
+
+/// The format version written by this code.
+pub const STATE_VERSION: u32 = 1;
+
+/// base64 (standard alphabet, padded) for `Vec<u8>` fields.
+mod b64 {
+    use super::B64;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&B64.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        B64.decode(text).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::B64;
+        use base64::Engine as _;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+            match bytes {
+                Some(b) => s.serialize_some(&B64.encode(b)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|text| B64.decode(text).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
+/// How the file key is obtained.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KeySource {
+    /// PBKDF2-HMAC-SHA-256 over `KEYWARD_SOFTKEY_PASSPHRASE`.
+    Passphrase {
+        #[serde(with = "b64")]
+        salt: Vec<u8>,
+        iterations: u32,
+    },
+    /// A 32-byte key file beside the state file (`<state>.key`).
+    KeyFile,
+}
+
+/// The attestation CA and batch key, private keys sealed under the file key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredAttestation {
+    #[serde(with = "b64")]
+    pub ca_cert_der: Vec<u8>,
+    pub ca_cert_pem: String,
+    #[serde(with = "b64")]
+    pub ca_key_sealed: Vec<u8>,
+    #[serde(with = "b64")]
+    pub batch_cert_der: Vec<u8>,
+    #[serde(with = "b64")]
+    pub batch_key_sealed: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredKeyState {
+    #[serde(with = "b64::option")]
+    pub pin_verifier: Option<Vec<u8>>,
+    pub pin_code_points: u8,
+    pub pin_retries: u8,
+    pub consecutive_pin_failures: u8,
+    pub min_pin_length: u8,
+    pub min_pin_length_rp_ids: Vec<String>,
+    pub force_pin_change: bool,
+    pub always_uv: bool,
+}
+
+impl From<&KeyState> for StoredKeyState {
+    fn from(s: &KeyState) -> Self {
+        Self {
+            pin_verifier: s.pin_verifier.map(|v| v.to_vec()),
+            pin_code_points: s.pin_code_points,
+            pin_retries: s.pin_retries,
+            consecutive_pin_failures: s.consecutive_pin_failures,
+            min_pin_length: s.min_pin_length,
+            min_pin_length_rp_ids: s.min_pin_length_rp_ids.clone(),
+            force_pin_change: s.force_pin_change,
+            always_uv: s.always_uv,
+        }
+    }
+}
+
+impl StoredKeyState {
+    fn to_key_state(&self) -> Result<KeyState, StoreError> {
+        let pin_verifier = self
+            .pin_verifier
+            .as_deref()
+            .map(<[u8; 32]>::try_from)
+            .transpose()
+            .map_err(|_| StoreError::Unavailable("PIN verifier of the wrong length".into()))?;
+        Ok(KeyState {
+            pin_verifier,
+            pin_code_points: self.pin_code_points,
+            pin_retries: self.pin_retries,
+            consecutive_pin_failures: self.consecutive_pin_failures,
+            min_pin_length: self.min_pin_length,
+            min_pin_length_rp_ids: self.min_pin_length_rp_ids.clone(),
+            force_pin_change: self.force_pin_change,
+            always_uv: self.always_uv,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredUser {
+    #[serde(with = "b64")]
+    pub id: Vec<u8>,
+    pub name: Option<String>,
+    pub display_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCred {
+    #[serde(with = "b64")]
+    pub id: Vec<u8>,
+    pub rp_id: String,
+    #[serde(with = "b64")]
+    pub rp_id_hash: Vec<u8>,
+    pub rp_name: Option<String>,
+    pub user: StoredUser,
+    pub alg: i64,
+    #[serde(with = "b64")]
+    pub public_key_cose: Vec<u8>,
+    #[serde(with = "b64")]
+    pub sealed_private_key: Vec<u8>,
+    #[serde(with = "b64::option")]
+    pub sealed_cred_random: Option<Vec<u8>>,
+    pub discoverable: bool,
+    pub cred_protect: u8,
+    #[serde(with = "b64::option")]
+    pub cred_blob: Option<Vec<u8>>,
+    pub sign_count: u32,
+    pub backup_eligible: bool,
+    pub backup_state: bool,
+    pub created_at_ms: u64,
+}
+
+fn user_to_stored(u: &UserEntity) -> StoredUser {
+    StoredUser {
+        id: u.id.clone(),
+        name: u.name.clone(),
+        display_name: u.display_name.clone(),
+    }
+}
+
+impl From<&StoredCredential> for StoredCred {
+    fn from(c: &StoredCredential) -> Self {
+        Self {
+            id: c.id.clone(),
+            rp_id: c.rp_id.clone(),
+            rp_id_hash: c.rp_id_hash.to_vec(),
+            rp_name: c.rp_name.clone(),
+            user: user_to_stored(&c.user),
+            alg: c.alg,
+            public_key_cose: c.public_key_cose.clone(),
+            sealed_private_key: c.sealed_private_key.clone(),
+            sealed_cred_random: c.sealed_cred_random.clone(),
+            discoverable: c.discoverable,
+            cred_protect: c.cred_protect,
+            cred_blob: c.cred_blob.clone(),
+            sign_count: c.sign_count,
+            backup_eligible: c.backup_eligible,
+            backup_state: c.backup_state,
+            created_at_ms: c.created_at_ms,
+        }
+    }
+}
+
+impl StoredCred {
+    fn to_credential(&self) -> Result<StoredCredential, StoreError> {
+        let rp_id_hash = <[u8; 32]>::try_from(self.rp_id_hash.as_slice())
+            .map_err(|_| StoreError::Unavailable("rp id hash of the wrong length".into()))?;
+        Ok(StoredCredential {
+            id: self.id.clone(),
+            rp_id: self.rp_id.clone(),
+            rp_id_hash,
+            rp_name: self.rp_name.clone(),
+            user: UserEntity {
+                id: self.user.id.clone(),
+                name: self.user.name.clone(),
+                display_name: self.user.display_name.clone(),
+            },
+            alg: self.alg,
+            public_key_cose: self.public_key_cose.clone(),
+            sealed_private_key: self.sealed_private_key.clone(),
+            sealed_cred_random: self.sealed_cred_random.clone(),
+            discoverable: self.discoverable,
+            cred_protect: self.cred_protect,
+            cred_blob: self.cred_blob.clone(),
+            sign_count: self.sign_count,
+            backup_eligible: self.backup_eligible,
+            backup_state: self.backup_state,
+            created_at_ms: self.created_at_ms,
+        })
+    }
+}
+
+/// The whole state file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateFile {
+    pub version: u32,
+    #[serde(with = "b64")]
+    pub aaguid: Vec<u8>,
+    pub key_source: KeySource,
+    /// A constant sealed under the file key, so that a wrong passphrase or key file is reported
+    /// at start-up instead of as CTAP2_ERR_OTHER on first use.
+    #[serde(with = "b64")]
+    pub key_check: Vec<u8>,
+    pub attestation: Option<StoredAttestation>,
+    pub key_state: StoredKeyState,
+    pub credentials: Vec<StoredCred>,
+}
+
+impl StateFile {
+    pub fn aaguid(&self) -> anyhow::Result<[u8; 16]> {
+        <[u8; 16]>::try_from(self.aaguid.as_slice())
+            .context("the state file's AAGUID is not 16 bytes")
+    }
+
+    /// Reads and parses a state file.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let state: StateFile =
+            serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if state.version != STATE_VERSION {
+            bail!(
+                "{} has format version {}, this keyward reads {STATE_VERSION}",
+                path.display(),
+                state.version
+            );
+        }
+        state.aaguid()?;
+        Ok(state)
+    }
+
+    /// Writes the file atomically and durably: temporary file in the same directory, fsync,
+    /// rename over the old file, fsync of the directory (so the rename itself survives a crash).
+    pub fn write_atomic(&self, path: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        let dir = parent_dir(path);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(&json)?;
+            file.sync_all()?;
+            fs::rename(&tmp, path)?;
+            File::open(&dir)?.sync_all()
+        })();
+        if result.is_err() {
+            // Best effort: a leftover temporary file is harmless but untidy.
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// The directory holding `path` ("." for a bare file name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The softkey's [`Store`]: the state in memory, persisted whole on every change.
+#[derive(Debug)]
+pub struct FileStore {
+    path: PathBuf,
+    state: StateFile,
+}
+
+fn io_error(e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("writing the state file: {e}"))
+}
+
+impl FileStore {
+    pub fn new(path: PathBuf, state: StateFile) -> Self {
+        Self { path, state }
+    }
+
+    pub fn state(&self) -> &StateFile {
+        &self.state
+    }
+
+    /// Applies `change` to a copy, persists it, then adopts it. Nothing changes on error.
+    fn update<T>(
+        &mut self,
+        change: impl FnOnce(&mut StateFile) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut next = self.state.clone();
+        let out = change(&mut next)?;
+        next.write_atomic(&self.path).map_err(io_error)?;
+        self.state = next;
+        Ok(out)
+    }
+
+    /// The power cycle of a process start: wrong PINs in a row no longer count
+    /// (CTAP 2.1 §6.5.5.5: the three-strikes block lasts until the next power cycle).
+    pub fn power_cycle(&mut self) -> Result<(), StoreError> {
+        if self.state.key_state.consecutive_pin_failures == 0 {
+            return Ok(());
+        }
+        self.update(|s| {
+            s.key_state.consecutive_pin_failures = 0;
+            Ok(())
+        })
+    }
+
+    /// Persists the state as it is (used once a new file has been put together).
+    pub fn persist(&mut self) -> Result<(), StoreError> {
+        self.update(|_| Ok(()))
+    }
+
+    pub fn set_attestation(&mut self, attestation: StoredAttestation) -> Result<(), StoreError> {
+        self.update(|s| {
+            s.attestation = Some(attestation);
+            Ok(())
+        })
+    }
+
+    fn find<'a>(state: &'a mut StateFile, id: &[u8]) -> Option<&'a mut StoredCred> {
+        state.credentials.iter_mut().find(|c| c.id == id)
+    }
+}
+
+impl Store for FileStore {
+    fn load_state(&mut self) -> Result<KeyState, StoreError> {
+        self.state.key_state.to_key_state()
+    }
+
+    fn save_state(&mut self, state: &KeyState) -> Result<(), StoreError> {
+        let stored = StoredKeyState::from(state);
+        self.update(|s| {
+            s.key_state = stored;
+            Ok(())
+        })
+    }
+
+    fn spend_pin_retry(&mut self) -> Result<KeyState, StoreError> {
+        self.update(|s| {
+            s.key_state.pin_retries = s.key_state.pin_retries.saturating_sub(1);
+            s.key_state.consecutive_pin_failures =
+                s.key_state.consecutive_pin_failures.saturating_add(1);
+            s.key_state.to_key_state()
+        })
+    }
+
+    fn credentials_for_rp(
+        &mut self,
+        rp_id_hash: &[u8; 32],
+    ) -> Result<Vec<StoredCredential>, StoreError> {
+        self.state
+            .credentials
+            .iter()
+            .filter(|c| c.rp_id_hash == rp_id_hash)
+            .map(StoredCred::to_credential)
+            .collect()
+    }
+
+    fn credential(&mut self, id: &[u8]) -> Result<Option<StoredCredential>, StoreError> {
+        self.state
+            .credentials
+            .iter()
+            .find(|c| c.id == id)
+            .map(StoredCred::to_credential)
+            .transpose()
+    }
+
+    fn discoverable_credentials(&mut self) -> Result<Vec<StoredCredential>, StoreError> {
+        self.state
+            .credentials
+            .iter()
+            .filter(|c| c.discoverable)
+            .map(StoredCred::to_credential)
+            .collect()
+    }
+
+    fn insert_credential(&mut self, cred: &StoredCredential) -> Result<(), StoreError> {
+        let stored = StoredCred::from(cred);
+        self.update(|s| {
+            if s.credentials.iter().any(|c| c.id == stored.id) {
+                return Err(StoreError::Conflict("credential id already stored".into()));
+            }
+            // A discoverable credential replaces the one for the same RP and user handle
+            // (CTAP 2.1 §6.1.2 step 17).
+            if stored.discoverable {
+                s.credentials.retain(|c| {
+                    !(c.discoverable
+                        && c.rp_id_hash == stored.rp_id_hash
+                        && c.user.id == stored.user.id)
+                });
+            }
+            s.credentials.push(stored);
+            Ok(())
+        })
+    }
+
+    fn update_user(&mut self, id: &[u8], user: &UserEntity) -> Result<bool, StoreError> {
+        if self.state.credentials.iter().all(|c| c.id != id) {
+            return Ok(false);
+        }
+        let user = user_to_stored(user);
+        self.update(|s| {
+            if let Some(c) = Self::find(s, id) {
+                c.user = user;
+            }
+            Ok(true)
+        })
+    }
+
+    fn delete_credential(&mut self, id: &[u8]) -> Result<bool, StoreError> {
+        if self.state.credentials.iter().all(|c| c.id != id) {
+            return Ok(false);
+        }
+        self.update(|s| {
+            s.credentials.retain(|c| c.id != id);
+            Ok(true)
+        })
+    }
+
+    fn next_sign_count(&mut self, id: &[u8]) -> Result<u32, StoreError> {
+        self.update(|s| {
+            let cred = Self::find(s, id)
+                .ok_or_else(|| StoreError::Conflict("no such credential".into()))?;
+            // A counter that would wrap must not be reused: refuse to sign instead.
+            cred.sign_count = cred
+                .sign_count
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Conflict("signature counter exhausted".into()))?;
+            Ok(cred.sign_count)
+        })
+    }
+
+    fn wipe(&mut self) -> Result<(), StoreError> {
+        self.update(|s| {
+            s.credentials.clear();
+            s.key_state = StoredKeyState::from(&KeyState::default());
+            Ok(())
+        })
+    }
+}
+
+/// Encodes bytes as the state file does (tests look for leaked plaintext with it).
+#[cfg(test)]
+pub fn to_base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    B64.encode(bytes)
+}

@@ -1,0 +1,450 @@
+//! Unit and loopback tests of the softkey: the state file, its Store, opening and creating keys,
+//! and CTAP over the real UDP transport.
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use keyward_authenticator::{KeyState, Store, StoredCredential, UserEntity};
+use keyward_ctap::cbor;
+use keyward_ctap::hid::{BROADCAST_CID, REPORT_SIZE, cmd};
+
+use super::*;
+
+fn args(dir: &Path) -> Args {
+    Args {
+        udp: "127.0.0.1:0".parse().expect("address"),
+        state: dir.join("key.json"),
+        presence: PresenceMode::Auto,
+        aaguid: None,
+        attestation: AttestationMode::Packed,
+        attestation_ca_out: None,
+        presence_delay_ms: 0,
+    }
+}
+
+fn credential(id: u8, rp: &str, user: u8, discoverable: bool) -> StoredCredential {
+    StoredCredential {
+        id: vec![id; 32],
+        rp_id: rp.into(),
+        rp_id_hash: [rp.len() as u8; 32],
+        rp_name: None,
+        user: UserEntity {
+            id: vec![user],
+            name: Some("alice".into()),
+            display_name: None,
+        },
+        alg: -7,
+        public_key_cose: vec![0xA0],
+        sealed_private_key: vec![1, 2, 3],
+        sealed_cred_random: None,
+        discoverable,
+        cred_protect: 1,
+        cred_blob: Some(vec![9]),
+        sign_count: 0,
+        backup_eligible: false,
+        backup_state: false,
+        created_at_ms: 5,
+    }
+}
+
+/// Re-reads the state file from disk as a fresh store: what a restarted process would see.
+fn reload(path: &Path) -> FileStore {
+    FileStore::new(
+        path.to_path_buf(),
+        StateFile::read(path).expect("state file readable"),
+    )
+}
+
+#[test]
+fn every_store_change_is_on_disk_when_the_call_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = SoftKey::open(&args(dir.path()), None).expect("create");
+    let path = dir.path().join("key.json");
+    let mut store = key.store;
+
+    store
+        .insert_credential(&credential(1, "example.com", 1, true))
+        .expect("insert");
+    store
+        .insert_credential(&credential(2, "example.com", 2, false))
+        .expect("insert");
+    assert_eq!(
+        reload(&path)
+            .discoverable_credentials()
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), 1);
+    assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), 2);
+    assert_eq!(
+        reload(&path)
+            .credential(&[1; 32])
+            .expect("read")
+            .expect("present")
+            .sign_count,
+        2
+    );
+
+    let spent = store.spend_pin_retry().expect("spend");
+    assert_eq!((spent.pin_retries, spent.consecutive_pin_failures), (7, 1));
+    let on_disk = reload(&path).load_state().expect("state");
+    assert_eq!(
+        (on_disk.pin_retries, on_disk.consecutive_pin_failures),
+        (7, 1)
+    );
+
+    let user = UserEntity {
+        id: vec![1],
+        name: Some("bob".into()),
+        display_name: Some("Bob".into()),
+    };
+    assert!(store.update_user(&[1; 32], &user).expect("update"));
+    assert!(
+        !store
+            .update_user(&[7; 32], &user)
+            .expect("update of a missing credential")
+    );
+    assert_eq!(
+        reload(&path)
+            .credential(&[1; 32])
+            .expect("read")
+            .expect("present")
+            .user,
+        user
+    );
+
+    assert!(store.delete_credential(&[2; 32]).expect("delete"));
+    assert!(!store.delete_credential(&[2; 32]).expect("second delete"));
+    assert!(reload(&path).credential(&[2; 32]).expect("read").is_none());
+
+    let state = KeyState {
+        pin_verifier: Some([3; 32]),
+        pin_code_points: 6,
+        always_uv: true,
+        ..KeyState::default()
+    };
+    store.save_state(&state).expect("save");
+    assert_eq!(reload(&path).load_state().expect("state"), state);
+
+    store.wipe().expect("wipe");
+    let mut after = reload(&path);
+    assert!(after.discoverable_credentials().expect("list").is_empty());
+    assert!(after.credential(&[1; 32]).expect("read").is_none());
+    assert_eq!(after.load_state().expect("state"), KeyState::default());
+    // Only the state and its key file are in the directory: no temporary files are left behind.
+    let mut names: Vec<_> = fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["key.json", "key.json.key"]);
+}
+
+#[test]
+fn a_discoverable_credential_replaces_the_same_rp_and_user() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = SoftKey::open(&args(dir.path()), None)
+        .expect("create")
+        .store;
+    store
+        .insert_credential(&credential(1, "a.example", 1, true))
+        .expect("insert");
+    store
+        .insert_credential(&credential(2, "a.example", 1, true))
+        .expect("insert");
+    store
+        .insert_credential(&credential(3, "a.example", 2, true))
+        .expect("insert");
+    let ids: Vec<_> = store
+        .discoverable_credentials()
+        .expect("list")
+        .into_iter()
+        .map(|c| c.id[0])
+        .collect();
+    assert_eq!(ids, [2, 3]);
+    assert!(
+        store
+            .insert_credential(&credential(2, "b.example", 9, false))
+            .is_err(),
+        "duplicate id"
+    );
+}
+
+#[test]
+fn a_failed_write_changes_nothing_and_fails_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("key.json");
+    let mut store = SoftKey::open(&args(dir.path()), None)
+        .expect("create")
+        .store;
+    store
+        .insert_credential(&credential(1, "example.com", 1, true))
+        .expect("insert");
+    // Make the directory unusable: the next write cannot create its temporary file.
+    let state_copy = StateFile::read(&path).expect("read");
+    let mut broken = FileStore::new(dir.path().join("missing-dir").join("key.json"), state_copy);
+    assert!(broken.next_sign_count(&[1; 32]).is_err());
+    assert!(broken.spend_pin_retry().is_err());
+    assert_eq!(
+        broken
+            .credential(&[1; 32])
+            .expect("read")
+            .expect("present")
+            .sign_count,
+        0
+    );
+    assert_eq!(broken.load_state().expect("state").pin_retries, 8);
+}
+
+#[test]
+fn restart_keeps_credentials_and_lifts_the_three_strikes_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = args(dir.path());
+    let aaguid;
+    {
+        let mut key = SoftKey::open(&args, None).expect("create");
+        aaguid = key.engine.config().aaguid;
+        key.store
+            .insert_credential(&credential(1, "example.com", 1, true))
+            .expect("insert");
+        for _ in 0..3 {
+            key.store.spend_pin_retry().expect("spend");
+        }
+    }
+    let mut key = SoftKey::open(&args, None).expect("reopen");
+    assert_eq!(key.engine.config().aaguid, aaguid, "same key after restart");
+    let state = key.store.load_state().expect("state");
+    assert_eq!((state.pin_retries, state.consecutive_pin_failures), (5, 0));
+    assert!(key.store.credential(&[1; 32]).expect("read").is_some());
+    assert!(matches!(
+        key.engine.config().attestation,
+        Attestation::Packed(_)
+    ));
+}
+
+#[test]
+fn key_file_is_private_and_the_state_holds_no_plaintext_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = SoftKey::open(&args(dir.path()), None).expect("create");
+    let mode = fs::metadata(dir.path().join("key.json.key"))
+        .expect("key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = fs::read_to_string(dir.path().join("key.json")).expect("state");
+    assert!(text.contains("\"version\": 1"));
+    assert!(!text.contains("PRIVATE KEY"));
+    let Attestation::Packed(batch) = &key.engine.config().attestation else {
+        panic!("packed expected")
+    };
+    let batch_b64 = state::to_base64(&batch.pkcs8_der);
+    assert!(
+        !text.contains(&batch_b64),
+        "the batch private key must be sealed"
+    );
+}
+
+#[test]
+fn passphrase_keys_need_the_same_passphrase() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = args(dir.path());
+    SoftKey::open(&args, Some(b"correct horse")).expect("create");
+    assert!(
+        !dir.path().join("key.json.key").exists(),
+        "no key file with a passphrase"
+    );
+    let text = fs::read_to_string(&args.state).expect("state");
+    assert!(text.contains("\"kind\": \"passphrase\"") && text.contains("\"iterations\": 600000"));
+    assert!(SoftKey::open(&args, Some(b"correct horse")).is_ok());
+    let wrong = SoftKey::open(&args, Some(b"wrong"))
+        .err()
+        .expect("wrong passphrase refused");
+    assert!(wrong.to_string().contains("does not open"), "{wrong}");
+    assert!(SoftKey::open(&args, None).is_err(), "passphrase missing");
+}
+
+#[test]
+fn aaguid_is_taken_at_creation_and_cannot_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = args(dir.path());
+    args.aaguid = Some("00112233-4455-6677-8899-aabbccddeeff".into());
+    args.attestation = AttestationMode::None;
+    let key = SoftKey::open(&args, None).expect("create");
+    assert_eq!(
+        hex::encode(key.engine.config().aaguid),
+        "00112233445566778899aabbccddeeff"
+    );
+    assert!(matches!(key.engine.config().attestation, Attestation::None));
+    drop(key);
+    args.aaguid = Some("ff".repeat(16));
+    assert!(SoftKey::open(&args, None).is_err());
+    assert!(parse_aaguid("abcd").is_err() && parse_aaguid("zz").is_err());
+}
+
+#[test]
+fn presence_modes() {
+    let signals = Arc::new(Signals::default());
+    let request = PresenceRequest {
+        rp_id: None,
+        kind: keyward_authenticator::PresenceKind::Selection,
+    };
+    let mut deny = SoftPresence {
+        mode: PresenceMode::Deny,
+        delay: Duration::ZERO,
+        signals: Arc::clone(&signals),
+    };
+    assert_eq!(deny.confirm(&request), Err(StatusCode::OperationDenied));
+    let mut auto = SoftPresence {
+        mode: PresenceMode::Auto,
+        delay: Duration::ZERO,
+        signals: Arc::clone(&signals),
+    };
+    assert_eq!(auto.confirm(&request), Ok(()));
+    signals.cancel.store(true, Ordering::SeqCst);
+    let mut slow = SoftPresence {
+        mode: PresenceMode::Auto,
+        delay: Duration::from_secs(5),
+        signals: Arc::clone(&signals),
+    };
+    assert_eq!(slow.confirm(&request), Err(StatusCode::KeepaliveCancel));
+    assert!(!signals.up_needed.load(Ordering::SeqCst));
+}
+
+/// A minimal CTAP-HID host over UDP.
+struct Host {
+    socket: UdpSocket,
+    cid: u32,
+}
+
+impl Host {
+    fn connect(server: std::net::SocketAddr) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.connect(server).expect("connect");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut host = Host {
+            socket,
+            cid: BROADCAST_CID,
+        };
+        let (command, response) = host.call(cmd::INIT, &[7; 8]);
+        assert_eq!(command, cmd::INIT);
+        assert_eq!(response[..8], [7; 8]);
+        host.cid = u32::from_be_bytes([response[8], response[9], response[10], response[11]]);
+        assert_eq!(response[16] & 0x04, 0x04, "CBOR capability");
+        host
+    }
+
+    fn send_message(&self, command: u8, payload: &[u8]) {
+        for report in keyward_ctap::hid::fragment(self.cid, command, payload) {
+            self.socket.send(&report).expect("send");
+        }
+    }
+
+    /// Sends a message and returns the first non-KEEPALIVE answer, reassembled.
+    fn call(&self, command: u8, payload: &[u8]) -> (u8, Vec<u8>) {
+        self.send_message(command, payload);
+        loop {
+            let first = self.recv();
+            if first[4] == 0x80 | cmd::KEEPALIVE {
+                continue;
+            }
+            let len = usize::from(u16::from_be_bytes([first[5], first[6]]));
+            let mut data = first[7..].to_vec();
+            while data.len() < len {
+                data.extend_from_slice(&self.recv()[5..]);
+            }
+            data.truncate(len);
+            return (first[4] & 0x7F, data);
+        }
+    }
+
+    fn recv(&self) -> [u8; REPORT_SIZE] {
+        let mut report = [0u8; REPORT_SIZE];
+        let n = self.socket.recv(&mut report).expect("a reply within 5 s");
+        assert_eq!(n, REPORT_SIZE);
+        report
+    }
+}
+
+fn start(
+    args: &Args,
+) -> (
+    std::net::SocketAddr,
+    Arc<Signals>,
+    std::thread::JoinHandle<()>,
+) {
+    let key = SoftKey::open(args, None).expect("open");
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let address = socket.local_addr().expect("address");
+    let signals = key.signals();
+    let thread_signals = Arc::clone(&signals);
+    let handle =
+        std::thread::spawn(move || transport::serve(socket, key, thread_signals).expect("serve"));
+    (address, signals, handle)
+}
+
+#[test]
+fn ctap_over_udp_get_info_ping_and_odd_datagrams() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (address, signals, handle) = start(&args(dir.path()));
+    let host = Host::connect(address);
+
+    let (command, response) = host.call(cmd::CBOR, &[0x04]);
+    assert_eq!(command, cmd::CBOR);
+    assert_eq!(response[0], 0x00, "getInfo succeeds");
+    let info = cbor::decode(&response[1..]).expect("canonical getInfo");
+    assert!(
+        info.map_get_int(1)
+            .and_then(cbor::Value::as_array)
+            .is_some_and(|v| v.contains(&cbor::Value::text("FIDO_2_1")))
+    );
+
+    let ping: Vec<u8> = (0..500).map(|i| i as u8).collect();
+    assert_eq!(host.call(cmd::PING, &ping), (cmd::PING, ping));
+
+    // Datagrams that are not one report are dropped without an answer; the device still works.
+    host.socket.send(&[0u8; 63]).expect("send");
+    host.socket.send(&[0u8; 65]).expect("send");
+    assert_eq!(
+        host.call(cmd::PING, b"still here"),
+        (cmd::PING, b"still here".to_vec())
+    );
+
+    // MSG is refused (no CTAP1), an unknown CTAP2 command byte gets INVALID_COMMAND.
+    assert_eq!(host.call(cmd::MSG, &[0, 1, 0, 0]), (cmd::ERROR, vec![0x01]));
+    assert_eq!(host.call(cmd::CBOR, &[0x55]), (cmd::CBOR, vec![0x01]));
+
+    signals.stop.store(true, Ordering::SeqCst);
+    handle.join().expect("serve thread");
+}
+
+#[test]
+fn slow_presence_sends_upneeded_keepalives_and_honours_cancel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = args(dir.path());
+    args.presence_delay_ms = 10_000;
+    let (address, signals, handle) = start(&args);
+    let host = Host::connect(address);
+
+    // authenticatorSelection (0x0B) waits for presence.
+    host.send_message(cmd::CBOR, &[0x0B]);
+    let keepalive = host.recv();
+    assert_eq!(keepalive[4], 0x80 | cmd::KEEPALIVE);
+    assert_eq!(keepalive[7], keyward_ctap::hid::keepalive::UPNEEDED);
+    host.send_message(cmd::CANCEL, &[]);
+    let answer = loop {
+        let report = host.recv();
+        if report[4] != 0x80 | cmd::KEEPALIVE {
+            break report;
+        }
+    };
+    assert_eq!(answer[4], 0x80 | cmd::CBOR);
+    assert_eq!(answer[7], StatusCode::KeepaliveCancel.as_u8());
+
+    signals.stop.store(true, Ordering::SeqCst);
+    handle.join().expect("serve thread");
+}

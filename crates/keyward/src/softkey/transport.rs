@@ -1,0 +1,209 @@
+//! The UDP HID transport of design.md: each datagram received is one 64-byte output report (no
+//! report-ID byte), each reply one 64-byte input report sent to the address the request came
+//! from; datagrams of any other size are dropped.
+//!
+//! Two threads share one [`HidDevice`] behind a mutex. The receive loop feeds it reports, applies
+//! its timeouts and sends KEEPALIVE every ~100 ms while a request is outstanding; a worker thread
+//! runs the CTAP2 engine and sends the answer. Keepalives and answers are both sent with the lock
+//! held, so a keepalive can never follow the answer to the same request.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use keyward_ctap::hid::{self, Capabilities, HidDevice, HidEvent, REPORT_SIZE};
+use keyward_ctap::status::StatusCode;
+
+/// How often the receive loop wakes up without traffic to run timers.
+const TICK: Duration = Duration::from_millis(20);
+/// Interval between KEEPALIVE reports (CTAP 2.1 §11.2.9.1.7 asks for about 100 ms).
+pub const KEEPALIVE_INTERVAL_MS: u64 = 100;
+
+/// State shared between the receive loop, the worker and the presence check.
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// The host cancelled the outstanding request.
+    pub cancel: AtomicBool,
+    /// The engine is waiting for the user: keepalives say UPNEEDED rather than PROCESSING.
+    pub up_needed: AtomicBool,
+    /// Set to stop the receive loop (tests).
+    pub stop: AtomicBool,
+}
+
+/// Runs one CTAP2 request to completion and returns `status ‖ CBOR`.
+pub trait Handler: Send + 'static {
+    fn handle(&mut self, request: &[u8]) -> Vec<u8>;
+}
+
+struct Link {
+    device: HidDevice,
+    /// Where the outstanding request came from, and so where its keepalives and answer go.
+    request_peer: Option<SocketAddr>,
+    last_keepalive_ms: u64,
+}
+
+fn lock(link: &Mutex<Link>) -> MutexGuard<'_, Link> {
+    // A panic while holding the lock cannot leave the device half-updated in a way that matters
+    // more than stopping would, so keep serving.
+    link.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Job {
+    cid: u32,
+    payload: Vec<u8>,
+}
+
+/// The capabilities the softkey advertises: CBOR and WINK, no CTAP1/U2F (NMSG).
+pub fn capabilities() -> Capabilities {
+    let version = |s: &str| s.parse::<u8>().unwrap_or(0);
+    Capabilities {
+        wink: true,
+        cbor: true,
+        nmsg: true,
+        version: (
+            version(env!("CARGO_PKG_VERSION_MAJOR")),
+            version(env!("CARGO_PKG_VERSION_MINOR")),
+            version(env!("CARGO_PKG_VERSION_PATCH")),
+        ),
+    }
+}
+
+fn send(socket: &UdpSocket, report: &[u8; REPORT_SIZE], peer: SocketAddr) {
+    if let Err(e) = socket.send_to(report, peer) {
+        tracing::debug!(%peer, error = %e, "could not send a report");
+    }
+}
+
+/// Serves the device on `socket` until `signals.stop` is set. Requests run on a worker thread
+/// with `handler`.
+pub fn serve(
+    socket: UdpSocket,
+    handler: impl Handler,
+    signals: Arc<Signals>,
+) -> std::io::Result<()> {
+    socket.set_read_timeout(Some(TICK))?;
+    let started = Instant::now();
+    let now_ms = move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let link = Arc::new(Mutex::new(Link {
+        device: HidDevice::new(capabilities()),
+        request_peer: None,
+        last_keepalive_ms: 0,
+    }));
+    let (jobs, job_queue) = mpsc::channel::<Job>();
+    let worker = {
+        let socket = socket.try_clone()?;
+        let link = Arc::clone(&link);
+        let signals = Arc::clone(&signals);
+        std::thread::Builder::new()
+            .name("softkey-ctap".into())
+            .spawn(move || work(job_queue, handler, &socket, &link, &signals))?
+    };
+
+    // One byte more than a report, so an oversized datagram shows up as such instead of being
+    // silently truncated to 64 bytes.
+    let mut buffer = [0u8; REPORT_SIZE + 1];
+    let mut last_peer: Option<SocketAddr> = None;
+    while !signals.stop.load(Ordering::Relaxed) {
+        match socket.recv_from(&mut buffer) {
+            Ok((REPORT_SIZE, peer)) => {
+                last_peer = Some(peer);
+                let mut link = lock(&link);
+                let now = now_ms();
+                let events = link.device.handle_report(now, &buffer[..REPORT_SIZE]);
+                for event in events {
+                    match event {
+                        HidEvent::Send(report) => send(&socket, &report, peer),
+                        HidEvent::Request { cid, cmd, payload } => {
+                            tracing::debug!(cid, cmd, len = payload.len(), "request");
+                            link.request_peer = Some(peer);
+                            link.last_keepalive_ms = now;
+                            signals.cancel.store(false, Ordering::SeqCst);
+                            if cmd != hid::cmd::CBOR || jobs.send(Job { cid, payload }).is_err() {
+                                // MSG is refused by the state machine under NMSG, so this only
+                                // happens if the worker is gone: answer rather than hang.
+                                for r in link.device.respond(cid, cmd, &[StatusCode::Other.as_u8()])
+                                {
+                                    send(&socket, &r, peer);
+                                }
+                            }
+                        }
+                        HidEvent::Cancel { cid } => {
+                            tracing::debug!(cid, "host cancelled the request");
+                            signals.cancel.store(true, Ordering::SeqCst);
+                        }
+                        HidEvent::Wink => tracing::info!("wink"),
+                    }
+                }
+            }
+            Ok((size, peer)) => {
+                tracing::debug!(%peer, size, "dropped a datagram that is not one 64-byte report")
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            // ICMP errors from an earlier send (a host that went away) surface here on some
+            // systems; they concern that host only.
+            Err(e) => tracing::debug!(error = %e, "receive failed"),
+        }
+        let mut link = lock(&link);
+        let now = now_ms();
+        for event in link.device.poll(now) {
+            if let (HidEvent::Send(report), Some(peer)) = (event, last_peer) {
+                send(&socket, &report, peer);
+            }
+        }
+        if let (Some(cid), Some(peer)) = (link.device.pending(), link.request_peer)
+            && now.saturating_sub(link.last_keepalive_ms) >= KEEPALIVE_INTERVAL_MS
+        {
+            let status = if signals.up_needed.load(Ordering::SeqCst) {
+                hid::keepalive::UPNEEDED
+            } else {
+                hid::keepalive::PROCESSING
+            };
+            send(&socket, &link.device.keepalive(cid, status), peer);
+            link.last_keepalive_ms = now;
+        }
+    }
+    drop(jobs);
+    // The worker ends when the queue closes; a panic there has been logged by the hook already.
+    let _ = worker.join();
+    Ok(())
+}
+
+fn work(
+    queue: mpsc::Receiver<Job>,
+    mut handler: impl Handler,
+    socket: &UdpSocket,
+    link: &Mutex<Link>,
+    signals: &Signals,
+) {
+    for job in queue {
+        let response = if signals.cancel.load(Ordering::SeqCst) {
+            // Cancelled before the engine saw it: nothing was done, say so.
+            vec![StatusCode::KeepaliveCancel.as_u8()]
+        } else {
+            // A CANCEL that arrives once the engine is running is honoured while it waits for
+            // presence (see `SoftPresence`); work that completed is reported as it is, since its
+            // effects are already persisted.
+            handler.handle(&job.payload)
+        };
+        signals.up_needed.store(false, Ordering::SeqCst);
+        tracing::debug!(
+            cid = job.cid,
+            status = response.first().copied().unwrap_or(0),
+            "response"
+        );
+        let mut link = lock(link);
+        let peer = link.request_peer;
+        let reports = link.device.respond(job.cid, hid::cmd::CBOR, &response);
+        if let Some(peer) = peer {
+            for report in &reports {
+                send(socket, report, peer);
+            }
+        }
+    }
+}

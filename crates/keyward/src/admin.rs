@@ -73,14 +73,19 @@ pub enum AuditCommand {
 pub enum VaultCommand {}
 
 /// Opens the configured database (creating the data directory for the default SQLite file).
-fn with_store<T>(db: &DbArgs, f: impl AsyncFnOnce(Store) -> anyhow::Result<T>) -> anyhow::Result<T> {
+fn with_store<T>(
+    db: &DbArgs,
+    f: impl AsyncFnOnce(Store) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     crate::serve::init_logging("text");
     let config = crate::serve::load_config(db.config.as_deref())?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
-        let store = Store::connect(config.database_url.expose()).await.context("opening the database")?;
+        let store = Store::connect(config.database_url.expose())
+            .await
+            .context("opening the database")?;
         let out = f(store.clone()).await;
         store.close().await;
         out
@@ -99,13 +104,21 @@ pub fn org(cmd: OrgCommand) -> anyhow::Result<()> {
 
 pub fn admin(cmd: AdminCommand) -> anyhow::Result<()> {
     match cmd {
-        AdminCommand::Create { org, email, role, db } => {
+        AdminCommand::Create {
+            org,
+            email,
+            role,
+            db,
+        } => {
             let Some(role) = Role::parse(&role) else {
                 bail!("--role must be owner, admin, helpdesk or auditor");
             };
             let mut password = zeroize::Zeroizing::new(String::new());
-            std::io::stdin().read_to_string(&mut password).context("reading the password from stdin")?;
-            let password = zeroize::Zeroizing::new(password.trim_end_matches(['\r', '\n']).to_owned());
+            std::io::stdin()
+                .read_to_string(&mut password)
+                .context("reading the password from stdin")?;
+            let password =
+                zeroize::Zeroizing::new(password.trim_end_matches(['\r', '\n']).to_owned());
             with_store(&db, async |store| {
                 let admin = bootstrap::create_admin(&store, &org, &email, role, &password).await?;
                 println!("{}", admin.id);
@@ -117,7 +130,12 @@ pub fn admin(cmd: AdminCommand) -> anyhow::Result<()> {
 
 pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
-        TokenCommand::Create { email, name, org, db } => with_store(&db, async |store| {
+        TokenCommand::Create {
+            email,
+            name,
+            org,
+            db,
+        } => with_store(&db, async |store| {
             let token = bootstrap::create_token(&store, org.as_deref(), &email, &name).await?;
             // Only the token on stdout, so scripts can capture it.
             println!("{token}");
@@ -128,16 +146,26 @@ pub fn token(cmd: TokenCommand) -> anyhow::Result<()> {
 
 pub fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
-        AuditCommand::Verify { db } => with_store(&db, async |store| match bootstrap::verify_audit(&store).await? {
-            Ok(report) => {
-                println!("audit log intact: {} entries in {} organisations", report.entries, report.organisations);
-                Ok(())
-            }
-            Err(bad) => {
-                eprintln!("audit log BROKEN: organisation {} at seq {}: {}", bad.org_id, bad.seq, bad.reason);
-                std::process::exit(2);
-            }
-        }),
+        AuditCommand::Verify { db } => {
+            with_store(&db, async |store| {
+                match bootstrap::verify_audit(&store).await? {
+                    Ok(report) => {
+                        println!(
+                            "audit log intact: {} entries in {} organisations",
+                            report.entries, report.organisations
+                        );
+                        Ok(())
+                    }
+                    Err(bad) => {
+                        eprintln!(
+                            "audit log BROKEN: organisation {} at seq {}: {}",
+                            bad.org_id, bad.seq, bad.reason
+                        );
+                        std::process::exit(2);
+                    }
+                }
+            })
+        }
     }
 }
 

@@ -30,7 +30,9 @@ pub fn load_config(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         let _ = builder.json().try_init();
     } else {
@@ -44,7 +46,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = load_config(args.config.as_deref())?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
-        let state = keyward_server::serve::open_state(&config).await.context("opening the data directory, database and vault")?;
+        let state = keyward_server::serve::open_state(&config)
+            .await
+            .context("opening the data directory, database and vault")?;
         tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "starting");
         keyward_server::serve::run(
             config,

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::http::{HeaderMap, Method, header};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,7 +21,9 @@ pub const SESSION_COOKIE: &str = "keyward_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// The roles of design.md "Words".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Owner,
@@ -72,7 +74,11 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
 }
 
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    PasswordHash::new(phc).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 /// A dummy verification so unknown e-mail addresses cost as much time as wrong passwords.
@@ -109,33 +115,55 @@ fn principal_of(admin: AdminRecord) -> Result<Principal, ApiError> {
     if admin.disabled {
         return Err(ApiError::Unauthenticated);
     }
-    let role = Role::parse(&admin.role).ok_or_else(|| ApiError::Internal("unknown role in database".into()))?;
-    Ok(Principal { admin_id: admin.id, org_id: admin.org_id, role, email: admin.email })
+    let role = Role::parse(&admin.role)
+        .ok_or_else(|| ApiError::Internal("unknown role in database".into()))?;
+    Ok(Principal {
+        admin_id: admin.id,
+        org_id: admin.org_id,
+        role,
+        email: admin.email,
+    })
 }
 
 /// Authenticates a request by bearer token or by session cookie. Cookie-authenticated requests
 /// with unsafe methods must carry the session's CSRF token in `X-CSRF-Token`.
-pub async fn authenticate(store: &Store, method: &Method, headers: &HeaderMap) -> Result<Principal, ApiError> {
+pub async fn authenticate(
+    store: &Store,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
     if let Some(auth) = headers.get(header::AUTHORIZATION) {
         let token = auth
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::Unauthenticated)?;
-        let admin = store.admin_by_token_hash(&secret_hash(token.trim())).await?.ok_or(ApiError::Unauthenticated)?;
+        let admin = store
+            .admin_by_token_hash(&secret_hash(token.trim()))
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
         return principal_of(admin);
     }
     let cookie = cookie_value(headers, SESSION_COOKIE).ok_or(ApiError::Unauthenticated)?;
-    let session = store.session(&secret_hash(cookie)).await?.ok_or(ApiError::Unauthenticated)?;
+    let session = store
+        .session(&secret_hash(cookie))
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
     let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     if !safe {
-        let csrf = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).ok_or(ApiError::Forbidden)?;
+        let csrf = headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Forbidden)?;
         let given = secret_hash(csrf);
         if aws_lc_rs::constant_time::verify_slices_are_equal(&given, &session.csrf_hash).is_err() {
             return Err(ApiError::Forbidden);
         }
     }
-    let admin = store.admin(session.admin_id).await?.ok_or(ApiError::Unauthenticated)?;
+    let admin = store
+        .admin(session.admin_id)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
     principal_of(admin)
 }
 
@@ -148,7 +176,11 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(max: u32, window: Duration) -> Self {
-        RateLimiter { max, window, hits: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            max,
+            window,
+            hits: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Counts an attempt; refuses with the seconds until the window reopens.
@@ -163,8 +195,14 @@ impl RateLimiter {
             *entry = (now, 0);
         }
         if entry.1 >= self.max {
-            let wait = self.window.saturating_sub(now.duration_since(entry.0)).as_secs().max(1);
-            return Err(ApiError::RateLimited { retry_after_secs: wait });
+            let wait = self
+                .window
+                .saturating_sub(now.duration_since(entry.0))
+                .as_secs()
+                .max(1);
+            return Err(ApiError::RateLimited {
+                retry_after_secs: wait,
+            });
         }
         entry.1 += 1;
         Ok(())
@@ -189,14 +227,19 @@ mod tests {
         let l = RateLimiter::new(2, Duration::from_secs(60));
         assert!(l.check("ip|a").is_ok());
         assert!(l.check("ip|a").is_ok());
-        assert!(matches!(l.check("ip|a"), Err(ApiError::RateLimited { retry_after_secs }) if retry_after_secs > 0));
+        assert!(
+            matches!(l.check("ip|a"), Err(ApiError::RateLimited { retry_after_secs }) if retry_after_secs > 0)
+        );
         assert!(l.check("ip|b").is_ok(), "other keys are independent");
     }
 
     #[test]
     fn cookies_are_found_among_others() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, "a=1; keyward_session=abc; b=2".parse().expect("header"));
+        h.insert(
+            header::COOKIE,
+            "a=1; keyward_session=abc; b=2".parse().expect("header"),
+        );
         assert_eq!(cookie_value(&h, SESSION_COOKIE), Some("abc"));
         assert_eq!(cookie_value(&h, "zz"), None);
     }

@@ -27,14 +27,23 @@ pub enum BootstrapError {
 pub async fn create_org(store: &Store, name: &str) -> Result<OrganisationRecord, BootstrapError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 {
-        return Err(BootstrapError::Invalid("organisation name must be 1 to 200 characters".into()));
+        return Err(BootstrapError::Invalid(
+            "organisation name must be 1 to 200 characters".into(),
+        ));
     }
     let mut tx = store.begin().await?;
     let org = tx.insert_organisation(name).await.map_err(|e| match e {
         StoreError::Conflict(_) => BootstrapError::OrgExists(name.to_owned()),
         other => other.into(),
     })?;
-    tx.append_audit(org.id, "cli", "org.create", &format!("org:{}", org.id), json!({"name": name})).await?;
+    tx.append_audit(
+        org.id,
+        "cli",
+        "org.create",
+        &format!("org:{}", org.id),
+        json!({"name": name}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(org)
 }
@@ -48,28 +57,52 @@ pub async fn create_admin(
 ) -> Result<keyward_store::AdminRecord, BootstrapError> {
     let email = email.trim();
     if !email.contains('@') || email.len() > 254 {
-        return Err(BootstrapError::Invalid("email must look like name@domain".into()));
+        return Err(BootstrapError::Invalid(
+            "email must look like name@domain".into(),
+        ));
     }
     if password.chars().count() < 12 {
-        return Err(BootstrapError::Invalid("the password must have at least 12 characters".into()));
+        return Err(BootstrapError::Invalid(
+            "the password must have at least 12 characters".into(),
+        ));
     }
-    let org = store.organisation_by_name(org_name).await?.ok_or_else(|| BootstrapError::NoSuchOrg(org_name.into()))?;
+    let org = store
+        .organisation_by_name(org_name)
+        .await?
+        .ok_or_else(|| BootstrapError::NoSuchOrg(org_name.into()))?;
     if !store.admins_by_email(Some(org.id), email).await?.is_empty() {
         return Err(BootstrapError::AdminExists(email.into()));
     }
     let hash = auth::hash_password(password).map_err(|e| BootstrapError::Invalid(e.to_string()))?;
     let mut tx = store.begin().await?;
     let admin = tx.insert_admin(org.id, email, role.as_str(), &hash).await?;
-    tx.append_audit(org.id, "cli", "admin.create", &format!("admin:{}", admin.id), json!({"email": email, "role": role.as_str()}))
-        .await?;
+    tx.append_audit(
+        org.id,
+        "cli",
+        "admin.create",
+        &format!("admin:{}", admin.id),
+        json!({"email": email, "role": role.as_str()}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(admin)
 }
 
 /// Creates an API token for an admin and returns it (the only time it exists in the clear).
-pub async fn create_token(store: &Store, org_name: Option<&str>, email: &str, name: &str) -> Result<String, BootstrapError> {
+pub async fn create_token(
+    store: &Store,
+    org_name: Option<&str>,
+    email: &str,
+    name: &str,
+) -> Result<String, BootstrapError> {
     let org_id = match org_name {
-        Some(n) => Some(store.organisation_by_name(n).await?.ok_or_else(|| BootstrapError::NoSuchOrg(n.into()))?.id),
+        Some(n) => Some(
+            store
+                .organisation_by_name(n)
+                .await?
+                .ok_or_else(|| BootstrapError::NoSuchOrg(n.into()))?
+                .id,
+        ),
         None => None,
     };
     let mut admins = store.admins_by_email(org_id, email).await?;
@@ -78,11 +111,19 @@ pub async fn create_token(store: &Store, org_name: Option<&str>, email: &str, na
         1 => admins.remove(0),
         _ => return Err(BootstrapError::AmbiguousAdmin(email.into())),
     };
-    let role = Role::parse(&admin.role).ok_or_else(|| BootstrapError::Invalid("unknown role".into()))?;
-    let p = Principal { admin_id: admin.id, org_id: admin.org_id, role, email: admin.email };
+    let role =
+        Role::parse(&admin.role).ok_or_else(|| BootstrapError::Invalid("unknown role".into()))?;
+    let p = Principal {
+        admin_id: admin.id,
+        org_id: admin.org_id,
+        role,
+        email: admin.email,
+    };
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(BootstrapError::Invalid("token name must be 1 to 100 characters".into()));
+        return Err(BootstrapError::Invalid(
+            "token name must be 1 to 100 characters".into(),
+        ));
     }
     let (_, token) = crate::api::create_api_token(store, &p, name)
         .await
@@ -90,6 +131,8 @@ pub async fn create_token(store: &Store, org_name: Option<&str>, email: &str, na
     Ok(token)
 }
 
-pub async fn verify_audit(store: &Store) -> Result<Result<AuditVerifyReport, AuditVerifyError>, BootstrapError> {
+pub async fn verify_audit(
+    store: &Store,
+) -> Result<Result<AuditVerifyReport, AuditVerifyError>, BootstrapError> {
     Ok(store.verify_audit().await?)
 }

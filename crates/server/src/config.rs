@@ -37,9 +37,15 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid value for {name}: {reason}")]
     Invalid { name: &'static str, reason: String },
 }
@@ -107,27 +113,49 @@ impl Config {
     ) -> Result<(Config, Vec<String>), ConfigError> {
         let fc = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source: Box::new(e),
+                })?
             }
             None => FileConfig::default(),
         };
         let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
-        let listen_s = get("KEYWARD_LISTEN").or(fc.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen = listen_s.parse().map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
-            name: "KEYWARD_LISTEN",
-            reason: e.to_string(),
-        })?;
-        let data_dir = get("KEYWARD_DATA_DIR").map(PathBuf::from).or(fc.data_dir).unwrap_or_else(|| "./keyward-data".into());
+        let listen_s = get("KEYWARD_LISTEN")
+            .or(fc.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen =
+            listen_s
+                .parse()
+                .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+                    name: "KEYWARD_LISTEN",
+                    reason: e.to_string(),
+                })?;
+        let data_dir = get("KEYWARD_DATA_DIR")
+            .map(PathBuf::from)
+            .or(fc.data_dir)
+            .unwrap_or_else(|| "./keyward-data".into());
         let database_url = get("KEYWARD_DATABASE_URL")
             .map(Secret::new)
             .or(fc.database_url)
-            .unwrap_or_else(|| Secret::new(format!("sqlite://{}", data_dir.join("keyward.db").display())));
-        let log_format = get("KEYWARD_LOG_FORMAT").or(fc.log_format).unwrap_or_else(|| "text".into());
+            .unwrap_or_else(|| {
+                Secret::new(format!(
+                    "sqlite://{}",
+                    data_dir.join("keyward.db").display()
+                ))
+            });
+        let log_format = get("KEYWARD_LOG_FORMAT")
+            .or(fc.log_format)
+            .unwrap_or_else(|| "text".into());
         if !matches!(log_format.as_str(), "text" | "json") {
-            return Err(ConfigError::Invalid { name: "KEYWARD_LOG_FORMAT", reason: "expected text or json".into() });
+            return Err(ConfigError::Invalid {
+                name: "KEYWARD_LOG_FORMAT",
+                reason: "expected text or json".into(),
+            });
         }
         let session_hours = match get("KEYWARD_SESSION_HOURS") {
             Some(v) => v.parse().map_err(|_| ConfigError::Invalid {
@@ -137,7 +165,10 @@ impl Config {
             None => fc.session_hours.unwrap_or(12),
         };
         if !(1..=24 * 30).contains(&session_hours) {
-            return Err(ConfigError::Invalid { name: "KEYWARD_SESSION_HOURS", reason: "expected 1 to 720".into() });
+            return Err(ConfigError::Invalid {
+                name: "KEYWARD_SESSION_HOURS",
+                reason: "expected 1 to 720".into(),
+            });
         }
         let config = Config {
             listen,
@@ -149,7 +180,10 @@ impl Config {
             session_hours,
         };
         if config.tls_cert.is_some() != config.tls_key.is_some() {
-            return Err(ConfigError::Invalid { name: "KEYWARD_TLS_CERT", reason: "set both tls_cert and tls_key, or neither".into() });
+            return Err(ConfigError::Invalid {
+                name: "KEYWARD_TLS_CERT",
+                reason: "set both tls_cert and tls_key, or neither".into(),
+            });
         }
         let unknown = env
             .keys()
@@ -170,7 +204,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -178,7 +215,10 @@ mod tests {
         let (c, unknown) = Config::load(None, &env(&[])).expect("defaults");
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.data_dir, PathBuf::from("./keyward-data"));
-        assert_eq!(c.database_url.expose(), "sqlite://./keyward-data/keyward.db");
+        assert_eq!(
+            c.database_url.expose(),
+            "sqlite://./keyward-data/keyward.db"
+        );
         assert!(unknown.is_empty());
     }
 
@@ -189,7 +229,11 @@ mod tests {
         std::fs::write(&f, "listen = \"127.0.0.1:9000\"\ndata_dir = \"/var/kw\"\n").expect("write");
         let (c, unknown) = Config::load(
             Some(&f),
-            &env(&[("KEYWARD_LISTEN", "127.0.0.1:9001"), ("KEYWARD_LISTN", "x"), ("OTHER", "y")]),
+            &env(&[
+                ("KEYWARD_LISTEN", "127.0.0.1:9001"),
+                ("KEYWARD_LISTN", "x"),
+                ("OTHER", "y"),
+            ]),
         )
         .expect("load");
         assert_eq!(c.listen.port(), 9001);
@@ -204,12 +248,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let f = dir.path().join("k.toml");
         std::fs::write(&f, "lisen = \"x\"\n").expect("write");
-        assert!(matches!(Config::load(Some(&f), &env(&[])), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            Config::load(Some(&f), &env(&[])),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]
     fn secrets_do_not_print() {
-        let (c, _) = Config::load(None, &env(&[("KEYWARD_DATABASE_URL", "postgres://u:hunter2@h/db")])).expect("load");
+        let (c, _) = Config::load(
+            None,
+            &env(&[("KEYWARD_DATABASE_URL", "postgres://u:hunter2@h/db")]),
+        )
+        .expect("load");
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

@@ -51,32 +51,68 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
-            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required"),
+            ApiError::Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+            ),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
-            ApiError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
-            }
-            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", "Invalid request"),
-            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
-            ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not-implemented", "Not implemented"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+            ApiError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::Unprocessable(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "Invalid request",
+            ),
+            ApiError::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            ApiError::NotImplemented(_) => (
+                StatusCode::NOT_IMPLEMENTED,
+                "not-implemented",
+                "Not implemented",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
         }
     }
 
     /// What the client may see. Dependency and internal failures say only that they happened.
     fn safe_detail(&self) -> String {
         match self {
-            ApiError::BadRequest(d) | ApiError::Conflict(d) | ApiError::Unprocessable(d) => d.clone(),
+            ApiError::BadRequest(d) | ApiError::Conflict(d) | ApiError::Unprocessable(d) => {
+                d.clone()
+            }
             ApiError::UnsupportedMediaType(d) | ApiError::NotImplemented(d) => d.clone(),
-            ApiError::Unauthenticated => "a valid session cookie or bearer token is required".into(),
+            ApiError::Unauthenticated => {
+                "a valid session cookie or bearer token is required".into()
+            }
             ApiError::Forbidden => "your role does not allow this action".into(),
             ApiError::NotFound => "no such resource".into(),
             ApiError::TooLarge => "the request body exceeds the limit".into(),
-            ApiError::RateLimited { retry_after_secs } => format!("try again in {retry_after_secs} s"),
+            ApiError::RateLimited { retry_after_secs } => {
+                format!("try again in {retry_after_secs} s")
+            }
             ApiError::Unavailable(_) => "a dependency is unavailable; nothing was changed".into(),
             ApiError::Internal(_) => "an internal error occurred".into(),
         }
@@ -91,8 +127,10 @@ pub fn problem_response(status: StatusCode, slug: &str, title: &str, detail: Str
         detail,
     };
     let mut resp = (status, axum::Json(body)).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     resp
 }
 
@@ -100,7 +138,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = self.parts();
         match &self {
-            ApiError::Unavailable(d) | ApiError::Internal(d) => tracing::error!(error = %d, "request failed"),
+            ApiError::Unavailable(d) | ApiError::Internal(d) => {
+                tracing::error!(error = %d, "request failed")
+            }
             _ => tracing::debug!(error = %self, "request refused"),
         }
         let mut resp = problem_response(status, slug, title, self.safe_detail());

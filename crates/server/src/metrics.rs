@@ -14,12 +14,16 @@ pub struct Metrics {
 impl Metrics {
     pub fn record_request(&self, method: &str, route: &str, status: u16) {
         let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry((method.to_owned(), route.to_owned(), status)).or_default() += 1;
+        *m.entry((method.to_owned(), route.to_owned(), status))
+            .or_default() += 1;
     }
 
     /// Counts a key operation by kind (e.g. `ctap`, `assign`) and result (`ok`, `error`).
     pub fn record_key_operation(&self, op: &str, result: &str) {
-        let mut m = self.key_operations.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self
+            .key_operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         *m.entry((op.to_owned(), result.to_owned())).or_default() += 1;
     }
 
@@ -27,7 +31,12 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP keyward_http_requests_total HTTP requests by method, route template and status.\n");
         out.push_str("# TYPE keyward_http_requests_total counter\n");
-        for ((method, route, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for ((method, route, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             let _ = writeln!(
                 out,
                 "keyward_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
@@ -37,15 +46,27 @@ impl Metrics {
         }
         out.push_str("# HELP keyward_key_operations_total Key operations by kind and result.\n");
         out.push_str("# TYPE keyward_key_operations_total counter\n");
-        for ((op, result), n) in self.key_operations.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "keyward_key_operations_total{{op=\"{}\",result=\"{}\"}} {n}", escape(op), escape(result));
+        for ((op, result), n) in self
+            .key_operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "keyward_key_operations_total{{op=\"{}\",result=\"{}\"}} {n}",
+                escape(op),
+                escape(result)
+            );
         }
         out
     }
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -57,7 +78,9 @@ mod tests {
         m.record_request("GET", "/api/v1/users", 200);
         m.record_key_operation("ctap", "ok");
         let text = m.render();
-        assert!(text.contains("keyward_http_requests_total{method=\"GET\",route=\"/api/v1/users\",status=\"200\"} 2"));
+        assert!(text.contains(
+            "keyward_http_requests_total{method=\"GET\",route=\"/api/v1/users\",status=\"200\"} 2"
+        ));
         assert!(text.contains("keyward_key_operations_total{op=\"ctap\",result=\"ok\"} 1"));
         assert_eq!(super::escape("a\"b"), "a\\\"b");
     }

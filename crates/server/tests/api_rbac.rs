@@ -12,7 +12,12 @@ use uuid::Uuid;
 
 /// A plausible request for a route: ids of real objects of the caller's organisation and a body
 /// of the right kind, so an allowed caller gets past authorisation into the handler.
-fn concrete(path: &str, user: Uuid, key: Uuid, n: usize) -> (String, Option<&'static str>, Vec<u8>) {
+fn concrete(
+    path: &str,
+    user: Uuid,
+    key: Uuid,
+    n: usize,
+) -> (String, Option<&'static str>, Vec<u8>) {
     let p = if path.starts_with("/users/{id}") {
         path.replace("{id}", &user.to_string())
     } else if path.starts_with("/keys/{id}") {
@@ -21,11 +26,28 @@ fn concrete(path: &str, user: Uuid, key: Uuid, n: usize) -> (String, Option<&'st
         path.replace("{id}", &Uuid::new_v4().to_string())
     };
     let (ct, body): (Option<&str>, Vec<u8>) = match path {
-        "/users" => (Some("application/json"), json!({"upn": format!("rbac{n}@a.test")}).to_string().into_bytes()),
-        "/users/import-csv" => (Some("text/csv"), format!("upn\ncsv{n}@a.test\n").into_bytes()),
-        "/users/{id}" => (Some("application/json"), json!({"display_name": "X"}).to_string().into_bytes()),
-        "/keys/assign" => (Some("application/json"), json!({"user_ids": [user]}).to_string().into_bytes()),
-        "/tokens" => (Some("application/json"), json!({"name": "t"}).to_string().into_bytes()),
+        "/users" => (
+            Some("application/json"),
+            json!({"upn": format!("rbac{n}@a.test")})
+                .to_string()
+                .into_bytes(),
+        ),
+        "/users/import-csv" => (
+            Some("text/csv"),
+            format!("upn\ncsv{n}@a.test\n").into_bytes(),
+        ),
+        "/users/{id}" => (
+            Some("application/json"),
+            json!({"display_name": "X"}).to_string().into_bytes(),
+        ),
+        "/keys/assign" => (
+            Some("application/json"),
+            json!({"user_ids": [user]}).to_string().into_bytes(),
+        ),
+        "/tokens" => (
+            Some("application/json"),
+            json!({"name": "t"}).to_string().into_bytes(),
+        ),
         "/keys/{id}/ctap" => (Some("application/octet-stream"), vec![0x04]),
         _ => (Some("application/json"), b"{}".to_vec()),
     };
@@ -46,28 +68,66 @@ async fn every_role_on_every_route_gets_exactly_its_permission() {
             }
             // Unauthenticated callers are refused on every non-public route.
             let (path, ct, body) = concrete(spec.path, user, key, n);
-            let r = send(&ctx.app, request(spec.method.clone(), &path, None, ct, body)).await;
-            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{} {} without credentials", spec.method, spec.path);
+            let r = send(
+                &ctx.app,
+                request(spec.method.clone(), &path, None, ct, body),
+            )
+            .await;
+            assert_eq!(
+                r.status,
+                StatusCode::UNAUTHORIZED,
+                "{} {} without credentials",
+                spec.method,
+                spec.path
+            );
             assert!(r.content_type().starts_with("application/problem+json"));
 
             for role in Role::ALL {
                 n += 1;
                 let (path, ct, body) = concrete(spec.path, user, key, n);
-                let r = send(&ctx.app, request(spec.method.clone(), &path, Some(&org.tokens[&role]), ct, body)).await;
-                let what = format!("{:?} {} {} -> {} {}", role, spec.method, spec.path, r.status, String::from_utf8_lossy(&r.body));
+                let r = send(
+                    &ctx.app,
+                    request(
+                        spec.method.clone(),
+                        &path,
+                        Some(&org.tokens[&role]),
+                        ct,
+                        body,
+                    ),
+                )
+                .await;
+                let what = format!(
+                    "{:?} {} {} -> {} {}",
+                    role,
+                    spec.method,
+                    spec.path,
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                );
                 if spec.permission.allows(role) {
                     assert!(
-                        !matches!(r.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::METHOD_NOT_ALLOWED)
-                            && !r.status.is_server_error(),
+                        !matches!(
+                            r.status,
+                            StatusCode::UNAUTHORIZED
+                                | StatusCode::FORBIDDEN
+                                | StatusCode::METHOD_NOT_ALLOWED
+                        ) && !r.status.is_server_error(),
                         "allowed but refused or failed: {what}"
                     );
                 } else {
-                    assert_eq!(r.status, StatusCode::FORBIDDEN, "denied but not 403: {what}");
+                    assert_eq!(
+                        r.status,
+                        StatusCode::FORBIDDEN,
+                        "denied but not 403: {what}"
+                    );
                 }
                 checked += 1;
             }
         }
-        assert!(checked >= 4 * 20, "the matrix must cover the whole table, covered {checked}");
+        assert!(
+            checked >= 4 * 20,
+            "the matrix must cover the whole table, covered {checked}"
+        );
     }
 }
 
@@ -96,17 +156,60 @@ async fn another_organisations_objects_answer_404_by_id_and_by_search() {
                 continue;
             }
             let (path, ct, body) = concrete(spec.path, b_user, b_key, 0);
-            let r = send(&ctx.app, request(spec.method.clone(), &path, Some(owner_a), ct, body)).await;
-            assert_eq!(r.status, StatusCode::NOT_FOUND, "{} {} on B's object: {}", spec.method, path, String::from_utf8_lossy(&r.body));
+            let r = send(
+                &ctx.app,
+                request(spec.method.clone(), &path, Some(owner_a), ct, body),
+            )
+            .await;
+            assert_eq!(
+                r.status,
+                StatusCode::NOT_FOUND,
+                "{} {} on B's object: {}",
+                spec.method,
+                path,
+                String::from_utf8_lossy(&r.body)
+            );
         }
-        let r = call(&ctx, Method::GET, "/api/v1/users?q=secret-user", owner_a, None).await;
+        let r = call(
+            &ctx,
+            Method::GET,
+            "/api/v1/users?q=secret-user",
+            owner_a,
+            None,
+        )
+        .await;
         assert_eq!(r.json()["items"], json!([]));
-        let r = call(&ctx, Method::GET, &format!("/api/v1/audit?user_id={b_user}"), owner_a, None).await;
+        let r = call(
+            &ctx,
+            Method::GET,
+            &format!("/api/v1/audit?user_id={b_user}"),
+            owner_a,
+            None,
+        )
+        .await;
         assert_eq!(r.json()["items"], json!([]));
-        let r = call(&ctx, Method::POST, "/api/v1/keys/assign", owner_a, Some(json!({"user_ids": [b_user]}))).await;
-        assert_eq!(r.json()["items"][0]["key_id"], json!(null), "bulk assign must not reach B's user");
+        let r = call(
+            &ctx,
+            Method::POST,
+            "/api/v1/keys/assign",
+            owner_a,
+            Some(json!({"user_ids": [b_user]})),
+        )
+        .await;
+        assert_eq!(
+            r.json()["items"][0]["key_id"],
+            json!(null),
+            "bulk assign must not reach B's user"
+        );
         // B's objects are untouched.
-        let r = call(&ctx, Method::GET, &format!("/api/v1/keys/{b_key}"), &b.tokens[&Role::Owner], None).await;
+        let r = call(
+            &ctx,
+            Method::GET,
+            &format!("/api/v1/keys/{b_key}"),
+            &b.tokens[&Role::Owner],
+            None,
+        )
+        .await;
         assert_eq!(r.json()["status"], "active");
     }
 }

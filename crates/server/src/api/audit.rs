@@ -45,10 +45,18 @@ pub struct AuditQuery {
 
 #[utoipa::path(get, path = "/api/v1/audit", params(AuditQuery),
     responses((status = 200, body = AuditPage), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn list(State(s): State<AppState>, p: Principal, Query(q): Query<AuditQuery>) -> ApiResult<axum::Json<AuditPage>> {
+pub async fn list(
+    State(s): State<AppState>,
+    p: Principal,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<axum::Json<AuditPage>> {
     let limit = page_limit(q.limit)?;
     let before_seq = match &q.cursor {
-        Some(c) => Some(decode_cursor(c)?.parse::<i64>().map_err(|_| ApiError::BadRequest("invalid cursor".into()))?),
+        Some(c) => Some(
+            decode_cursor(c)?
+                .parse::<i64>()
+                .map_err(|_| ApiError::BadRequest("invalid cursor".into()))?,
+        ),
         None => None,
     };
     let filter = AuditFilter {

@@ -60,8 +60,14 @@ pub struct ClientIp(String);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
         Ok(ClientIp(ip.unwrap_or_else(|| "local".into())))
     }
 }
@@ -73,7 +79,8 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     Json(req): Json<LoginRequest>,
 ) -> ApiResult<Response> {
-    s.login_limiter.check(&format!("login|{ip}|{}", req.email.to_lowercase()))?;
+    s.login_limiter
+        .check(&format!("login|{ip}|{}", req.email.to_lowercase()))?;
     let org_id = match &req.org {
         Some(name) => match s.store.organisation_by_name(name).await? {
             Some(o) => Some(o.id),
@@ -100,16 +107,37 @@ pub async fn login(
     let csrf = auth::new_secret("kwc_");
     let expires = chrono::Utc::now() + chrono::Duration::hours(s.session_hours);
     let mut tx = s.store.begin().await?;
-    tx.append_audit(admin.org_id, &format!("admin:{}", admin.email), "auth.login", &format!("admin:{}", admin.id), json!({}))
-        .await?;
+    tx.append_audit(
+        admin.org_id,
+        &format!("admin:{}", admin.email),
+        "auth.login",
+        &format!("admin:{}", admin.id),
+        json!({}),
+    )
+    .await?;
     tx.commit().await?;
-    s.store.insert_session(&auth::secret_hash(&session), admin.id, &auth::secret_hash(&csrf), expires).await?;
+    s.store
+        .insert_session(
+            &auth::secret_hash(&session),
+            admin.id,
+            &auth::secret_hash(&csrf),
+            expires,
+        )
+        .await?;
     let secure = if s.secure_cookies { "; Secure" } else { "" };
     let cookie = format!(
         "{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
         s.session_hours * 3600
     );
-    let body = LoginResponse { csrf_token: csrf, admin: Me { id: admin.id, org_id: admin.org_id, email: admin.email, role } };
+    let body = LoginResponse {
+        csrf_token: csrf,
+        admin: Me {
+            id: admin.id,
+            org_id: admin.org_id,
+            email: admin.email,
+            role,
+        },
+    };
     let mut resp = axum::Json(body).into_response();
     resp.headers_mut().insert(
         header::SET_COOKIE,
@@ -120,7 +148,11 @@ pub async fn login(
 
 #[utoipa::path(post, path = "/api/v1/auth/logout",
     responses((status = 204), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn logout(State(s): State<AppState>, _p: Principal, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn logout(
+    State(s): State<AppState>,
+    _p: Principal,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let cookie = headers
         .get_all(header::COOKIE)
         .iter()
@@ -143,7 +175,12 @@ pub async fn logout(State(s): State<AppState>, _p: Principal, headers: HeaderMap
 #[utoipa::path(get, path = "/api/v1/auth/me",
     responses((status = 200, body = Me), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn me(p: Principal) -> axum::Json<Me> {
-    axum::Json(Me { id: p.admin_id, org_id: p.org_id, email: p.email, role: p.role })
+    axum::Json(Me {
+        id: p.admin_id,
+        org_id: p.org_id,
+        email: p.email,
+        role: p.role,
+    })
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", request_body = TokenRequest,
@@ -156,10 +193,19 @@ pub async fn create_token(
     s.login_limiter.check(&format!("token|{}", p.admin_id))?;
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::Unprocessable("name must be 1 to 100 characters".into()));
+        return Err(ApiError::Unprocessable(
+            "name must be 1 to 100 characters".into(),
+        ));
     }
     let (rec, token) = create_api_token(&s.store, &p, name).await?;
-    Ok((StatusCode::CREATED, axum::Json(TokenResponse { id: rec.id, name: rec.name, token })))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(TokenResponse {
+            id: rec.id,
+            name: rec.name,
+            token,
+        }),
+    ))
 }
 
 /// Creates a token for an admin with its audit entry; returns the record and the token (once).
@@ -170,9 +216,17 @@ pub async fn create_api_token(
 ) -> ApiResult<(keyward_store::ApiTokenRecord, String)> {
     let token = auth::new_secret("kwt_");
     let mut tx = store.begin().await?;
-    let rec = tx.insert_api_token(p.admin_id, name, &auth::secret_hash(&token)).await?;
-    tx.append_audit(p.org_id, &p.actor(), "token.create", &format!("admin:{}", p.admin_id), json!({"token_id": rec.id, "name": name}))
+    let rec = tx
+        .insert_api_token(p.admin_id, name, &auth::secret_hash(&token))
         .await?;
+    tx.append_audit(
+        p.org_id,
+        &p.actor(),
+        "token.create",
+        &format!("admin:{}", p.admin_id),
+        json!({"token_id": rec.id, "name": name}),
+    )
+    .await?;
     tx.commit().await?;
     Ok((rec, token))
 }

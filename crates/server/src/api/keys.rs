@@ -57,14 +57,19 @@ impl CtapService for crate::keyops::KeyOps {
         request: Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CtapError>> + Send + 'a>> {
         use crate::keyops::KeyOpsError;
-        let policy = keyward_authenticator::Policy { registration_only: true, preauthorized_uv: false };
+        let policy = keyward_authenticator::Policy {
+            registration_only: true,
+            preauthorized_uv: false,
+        };
         Box::pin(async move {
-            crate::keyops::KeyOps::ctap(self, org_id, key_id, actor, policy, request).await.map_err(|e| match e {
-                KeyOpsError::NotFound => CtapError::NotFound,
-                KeyOpsError::KeyNotActive(_) => CtapError::NotActive,
-                KeyOpsError::InvalidRequest(r) => CtapError::Invalid(r.to_owned()),
-                other => CtapError::Unavailable(other.to_string()),
-            })
+            crate::keyops::KeyOps::ctap(self, org_id, key_id, actor, policy, request)
+                .await
+                .map_err(|e| match e {
+                    KeyOpsError::NotFound => CtapError::NotFound,
+                    KeyOpsError::KeyNotActive(_) => CtapError::NotActive,
+                    KeyOpsError::InvalidRequest(r) => CtapError::Invalid(r.to_owned()),
+                    other => CtapError::Unavailable(other.to_string()),
+                })
         })
     }
 }
@@ -141,15 +146,23 @@ pub struct CredentialList {
 /// audit entry in one transaction.
 async fn assign(s: &AppState, p: &Principal, user_id: Uuid) -> ApiResult<Uuid> {
     let mut tx = s.store.begin().await?;
-    let user = tx.user(p.org_id, user_id).await?.ok_or(ApiError::NotFound)?;
+    let user = tx
+        .user(p.org_id, user_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if user.status == "disabled" {
         return Err(ApiError::Conflict("the user is disabled".into()));
     }
     if user.key_id.is_some() {
-        return Err(ApiError::Conflict("the user already has a security key".into()));
+        return Err(ApiError::Conflict(
+            "the user already has a security key".into(),
+        ));
     }
     let key_id = Uuid::now_v7();
-    let (wrapped_dek, kek_version) = s.vault.new_data_key(&KeyBinding { org_id: p.org_id, key_id })?;
+    let (wrapped_dek, kek_version) = s.vault.new_data_key(&KeyBinding {
+        org_id: p.org_id,
+        key_id,
+    })?;
     let key = NewSecurityKey {
         id: key_id,
         aaguid: s.aaguid.to_vec(),
@@ -159,8 +172,14 @@ async fn assign(s: &AppState, p: &Principal, user_id: Uuid) -> ApiResult<Uuid> {
         force_pin_change: false,
     };
     tx.insert_security_key(p.org_id, user_id, &key).await?;
-    tx.append_audit(p.org_id, &p.actor(), "key.assign", &format!("key:{key_id}"), json!({"user_id": user_id}))
-        .await?;
+    tx.append_audit(
+        p.org_id,
+        &p.actor(),
+        "key.assign",
+        &format!("key:{key_id}"),
+        json!({"user_id": user_id}),
+    )
+    .await?;
     tx.commit().await?;
     s.metrics.record_key_operation("assign", "ok");
     Ok(key_id)
@@ -168,25 +187,47 @@ async fn assign(s: &AppState, p: &Principal, user_id: Uuid) -> ApiResult<Uuid> {
 
 #[utoipa::path(post, path = "/api/v1/users/{id}/key", params(("id" = Uuid, Path)),
     responses((status = 201, body = AssignedKey), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn assign_one(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<(StatusCode, axum::Json<AssignedKey>)> {
+pub async fn assign_one(
+    State(s): State<AppState>,
+    p: Principal,
+    IdPath(id): IdPath,
+) -> ApiResult<(StatusCode, axum::Json<AssignedKey>)> {
     let key_id = assign(&s, &p, id).await?;
     Ok((StatusCode::CREATED, axum::Json(AssignedKey { key_id })))
 }
 
 #[utoipa::path(post, path = "/api/v1/keys/assign", request_body = AssignMany,
     responses((status = 200, body = AssignManyResult), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn assign_many(State(s): State<AppState>, p: Principal, Json(req): Json<AssignMany>) -> ApiResult<axum::Json<AssignManyResult>> {
+pub async fn assign_many(
+    State(s): State<AppState>,
+    p: Principal,
+    Json(req): Json<AssignMany>,
+) -> ApiResult<axum::Json<AssignManyResult>> {
     if req.user_ids.is_empty() || req.user_ids.len() > 1000 {
-        return Err(ApiError::Unprocessable("user_ids must hold 1 to 1000 ids".into()));
+        return Err(ApiError::Unprocessable(
+            "user_ids must hold 1 to 1000 ids".into(),
+        ));
     }
     let mut items = Vec::with_capacity(req.user_ids.len());
     for user_id in req.user_ids {
         match assign(&s, &p, user_id).await {
-            Ok(key_id) => items.push(AssignOutcome { user_id, key_id: Some(key_id), error: None }),
+            Ok(key_id) => items.push(AssignOutcome {
+                user_id,
+                key_id: Some(key_id),
+                error: None,
+            }),
             // A dependency failure stops the batch: later items would fail the same way.
             Err(e @ ApiError::Unavailable(_)) => return Err(e),
-            Err(ApiError::NotFound) => items.push(AssignOutcome { user_id, key_id: None, error: Some("no such user".into()) }),
-            Err(e) => items.push(AssignOutcome { user_id, key_id: None, error: Some(e.to_string()) }),
+            Err(ApiError::NotFound) => items.push(AssignOutcome {
+                user_id,
+                key_id: None,
+                error: Some("no such user".into()),
+            }),
+            Err(e) => items.push(AssignOutcome {
+                user_id,
+                key_id: None,
+                error: Some(e.to_string()),
+            }),
         }
     }
     Ok(axum::Json(AssignManyResult { items }))
@@ -194,48 +235,104 @@ pub async fn assign_many(State(s): State<AppState>, p: Principal, Json(req): Jso
 
 #[utoipa::path(get, path = "/api/v1/keys/{id}", params(("id" = Uuid, Path)),
     responses((status = 200, body = Key), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn get_one(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<Key>> {
-    let key = s.store.key_by_id(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+pub async fn get_one(
+    State(s): State<AppState>,
+    p: Principal,
+    IdPath(id): IdPath,
+) -> ApiResult<axum::Json<Key>> {
+    let key = s
+        .store
+        .key_by_id(p.org_id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(axum::Json(key.into()))
 }
 
-async fn transition(s: &AppState, p: &Principal, id: Uuid, from: &[&str], to: &str, action: &str) -> ApiResult<axum::Json<Key>> {
-    let current = s.store.key_by_id(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+async fn transition(
+    s: &AppState,
+    p: &Principal,
+    id: Uuid,
+    from: &[&str],
+    to: &str,
+    action: &str,
+) -> ApiResult<axum::Json<Key>> {
+    let current = s
+        .store
+        .key_by_id(p.org_id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if !from.contains(&current.status.as_str()) {
         return Err(ApiError::Conflict(format!("the key is {}", current.status)));
     }
     let mut tx = s.store.begin().await?;
     tx.set_key_status(p.org_id, id, to).await?;
-    tx.append_audit(p.org_id, &p.actor(), action, &format!("key:{id}"), json!({"user_id": current.user_id, "from": current.status}))
-        .await?;
+    tx.append_audit(
+        p.org_id,
+        &p.actor(),
+        action,
+        &format!("key:{id}"),
+        json!({"user_id": current.user_id, "from": current.status}),
+    )
+    .await?;
     tx.commit().await?;
     s.metrics.record_key_operation(action, "ok");
-    let key = s.store.key_by_id(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+    let key = s
+        .store
+        .key_by_id(p.org_id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(axum::Json(key.into()))
 }
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/suspend", params(("id" = Uuid, Path)),
     responses((status = 200, body = Key), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn suspend(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<Key>> {
+pub async fn suspend(
+    State(s): State<AppState>,
+    p: Principal,
+    IdPath(id): IdPath,
+) -> ApiResult<axum::Json<Key>> {
     transition(&s, &p, id, &["active"], "suspended", "key.suspend").await
 }
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/resume", params(("id" = Uuid, Path)),
     responses((status = 200, body = Key), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn resume(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<Key>> {
+pub async fn resume(
+    State(s): State<AppState>,
+    p: Principal,
+    IdPath(id): IdPath,
+) -> ApiResult<axum::Json<Key>> {
     transition(&s, &p, id, &["suspended"], "active", "key.resume").await
 }
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", params(("id" = Uuid, Path)),
     responses((status = 200, body = Key), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn revoke(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<Key>> {
-    transition(&s, &p, id, &["active", "suspended"], "revoked", "key.revoke").await
+pub async fn revoke(
+    State(s): State<AppState>,
+    p: Principal,
+    IdPath(id): IdPath,
+) -> ApiResult<axum::Json<Key>> {
+    transition(
+        &s,
+        &p,
+        id,
+        &["active", "suspended"],
+        "revoked",
+        "key.revoke",
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/users/{id}/credentials", params(("id" = Uuid, Path)),
     responses((status = 200, body = CredentialList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn credentials(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<CredentialList>> {
-    s.store.user(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+pub async fn credentials(
+    State(s): State<AppState>,
+    p: Principal,
+    IdPath(id): IdPath,
+) -> ApiResult<axum::Json<CredentialList>> {
+    s.store
+        .user(p.org_id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let items = s
         .store
         .credentials_of_user(p.org_id, id)
@@ -258,20 +355,41 @@ pub async fn credentials(State(s): State<AppState>, p: Principal, IdPath(id): Id
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "One CTAP2 request: command byte then CBOR"),
     responses((status = 200, content_type = "application/octet-stream", description = "The CTAP2 response: status byte then CBOR"),
               (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn ctap(State(s): State<AppState>, p: Principal, IdPath(id): IdPath, req: Request) -> ApiResult<Response> {
-    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+pub async fn ctap(
+    State(s): State<AppState>,
+    p: Principal,
+    IdPath(id): IdPath,
+    req: Request,
+) -> ApiResult<Response> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if ct != "application/octet-stream" {
-        return Err(ApiError::UnsupportedMediaType("expected application/octet-stream".into()));
+        return Err(ApiError::UnsupportedMediaType(
+            "expected application/octet-stream".into(),
+        ));
     }
-    let body = Bytes::from_request(req, &()).await.map_err(bytes_rejection)?;
+    let body = Bytes::from_request(req, &())
+        .await
+        .map_err(bytes_rejection)?;
     if body.is_empty() || body.len() > 7609 {
         // 7609 bytes is the CTAPHID maximum message size; nothing larger is a CTAP request.
-        return Err(ApiError::BadRequest("a CTAP request is 1 to 7609 bytes".into()));
+        return Err(ApiError::BadRequest(
+            "a CTAP request is 1 to 7609 bytes".into(),
+        ));
     }
-    s.store.key_by_id(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
-    let engine = s.ctap.as_ref().ok_or_else(|| ApiError::NotImplemented("key operations are not enabled in this build".into()))?;
+    s.store
+        .key_by_id(p.org_id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let engine = s.ctap.as_ref().ok_or_else(|| {
+        ApiError::NotImplemented("key operations are not enabled in this build".into())
+    })?;
     let result = engine.ctap(p.org_id, id, &p.actor(), body.to_vec()).await;
-    s.metrics.record_key_operation("ctap", if result.is_ok() { "ok" } else { "error" });
+    s.metrics
+        .record_key_operation("ctap", if result.is_ok() { "ok" } else { "error" });
     let bytes = result.map_err(|e| match e {
         CtapError::NotFound => ApiError::NotFound,
         CtapError::NotActive => ApiError::Conflict("the key is not active".into()),
@@ -279,6 +397,9 @@ pub async fn ctap(State(s): State<AppState>, p: Principal, IdPath(id): IdPath, r
         CtapError::Unavailable(d) => ApiError::Unavailable(d),
     })?;
     let mut resp = bytes.into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     Ok(resp)
 }

@@ -10,7 +10,9 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{AppState, IdPath, Json, Query, bytes_rejection, decode_cursor, encode_cursor, page_limit};
+use super::{
+    AppState, IdPath, Json, Query, bytes_rejection, decode_cursor, encode_cursor, page_limit,
+};
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, ApiResult, Problem};
 
@@ -118,8 +120,14 @@ fn valid_upn(upn: &str) -> Result<(), String> {
     let ok = !upn.is_empty()
         && upn.len() <= 254
         && !upn.chars().any(|c| c.is_whitespace() || c.is_control())
-        && upn.split_once('@').is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'));
-    if ok { Ok(()) } else { Err("upn must look like name@domain (no spaces, at most 254 bytes)".into()) }
+        && upn
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'));
+    if ok {
+        Ok(())
+    } else {
+        Err("upn must look like name@domain (no spaces, at most 254 bytes)".into())
+    }
 }
 
 fn valid_email(email: &str) -> Result<(), String> {
@@ -136,7 +144,9 @@ fn valid_display_name(name: &str) -> Result<(), String> {
 
 /// Trims a field and maps empty to `None`.
 fn opt(s: Option<&str>) -> Option<String> {
-    s.map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+    s.map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 async fn user_or_404(s: &AppState, p: &Principal, id: Uuid) -> ApiResult<UserRecord> {
@@ -145,18 +155,33 @@ async fn user_or_404(s: &AppState, p: &Principal, id: Uuid) -> ApiResult<UserRec
 
 #[utoipa::path(get, path = "/api/v1/users", params(UserQuery),
     responses((status = 200, body = UserPage), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn list(State(s): State<AppState>, p: Principal, Query(q): Query<UserQuery>) -> ApiResult<axum::Json<UserPage>> {
+pub async fn list(
+    State(s): State<AppState>,
+    p: Principal,
+    Query(q): Query<UserQuery>,
+) -> ApiResult<axum::Json<UserPage>> {
     let limit = page_limit(q.limit)?;
     if let Some(st) = &q.status
         && !STATUSES.contains(&st.as_str())
     {
-        return Err(ApiError::BadRequest("status must be new, assigned, active or disabled".into()));
+        return Err(ApiError::BadRequest(
+            "status must be new, assigned, active or disabled".into(),
+        ));
     }
     let after = match &q.cursor {
-        Some(c) => Some(decode_cursor(c)?.parse::<Uuid>().map_err(|_| ApiError::BadRequest("invalid cursor".into()))?),
+        Some(c) => Some(
+            decode_cursor(c)?
+                .parse::<Uuid>()
+                .map_err(|_| ApiError::BadRequest("invalid cursor".into()))?,
+        ),
         None => None,
     };
-    let filter = UserFilter { q: q.q.clone(), status: q.status.clone(), after, limit: limit + 1 };
+    let filter = UserFilter {
+        q: q.q.clone(),
+        status: q.status.clone(),
+        after,
+        limit: limit + 1,
+    };
     let mut rows = s.store.list_users(p.org_id, &filter).await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
@@ -164,12 +189,19 @@ pub async fn list(State(s): State<AppState>, p: Principal, Query(q): Query<UserQ
     } else {
         None
     };
-    Ok(axum::Json(UserPage { items: rows.into_iter().map(User::from).collect(), next_cursor }))
+    Ok(axum::Json(UserPage {
+        items: rows.into_iter().map(User::from).collect(),
+        next_cursor,
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/users", request_body = CreateUser,
     responses((status = 201, body = User), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn create(State(s): State<AppState>, p: Principal, Json(req): Json<CreateUser>) -> ApiResult<(StatusCode, axum::Json<User>)> {
+pub async fn create(
+    State(s): State<AppState>,
+    p: Principal,
+    Json(req): Json<CreateUser>,
+) -> ApiResult<(StatusCode, axum::Json<User>)> {
     let upn = req.upn.trim().to_owned();
     valid_upn(&upn).map_err(ApiError::Unprocessable)?;
     let email = opt(req.email.as_deref());
@@ -182,20 +214,42 @@ pub async fn create(State(s): State<AppState>, p: Principal, Json(req): Json<Cre
     }
     let mut tx = s.store.begin().await?;
     let user = tx
-        .insert_user(p.org_id, &NewUser { upn, email, display_name, source: "api".into(), external_id: None })
+        .insert_user(
+            p.org_id,
+            &NewUser {
+                upn,
+                email,
+                display_name,
+                source: "api".into(),
+                external_id: None,
+            },
+        )
         .await
         .map_err(|e| match e {
-            StoreError::Conflict(_) => ApiError::Conflict("a user with this upn already exists".into()),
+            StoreError::Conflict(_) => {
+                ApiError::Conflict("a user with this upn already exists".into())
+            }
             other => other.into(),
         })?;
-    tx.append_audit(p.org_id, &p.actor(), "user.create", &format!("user:{}", user.id), json!({"upn": user.upn})).await?;
+    tx.append_audit(
+        p.org_id,
+        &p.actor(),
+        "user.create",
+        &format!("user:{}", user.id),
+        json!({"upn": user.upn}),
+    )
+    .await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, axum::Json(user.into())))
 }
 
 #[utoipa::path(get, path = "/api/v1/users/{id}", params(("id" = Uuid, Path)),
     responses((status = 200, body = User), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn get_one(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<User>> {
+pub async fn get_one(
+    State(s): State<AppState>,
+    p: Principal,
+    IdPath(id): IdPath,
+) -> ApiResult<axum::Json<User>> {
     Ok(axum::Json(user_or_404(&s, &p, id).await?.into()))
 }
 
@@ -224,13 +278,24 @@ pub async fn update(
     }
     let mut tx = s.store.begin().await?;
     let user = tx.update_user(p.org_id, id, &patch).await?;
-    tx.append_audit(p.org_id, &p.actor(), "user.update", &format!("user:{id}"), json!({"email": user.email, "display_name": user.display_name}))
-        .await?;
+    tx.append_audit(
+        p.org_id,
+        &p.actor(),
+        "user.update",
+        &format!("user:{id}"),
+        json!({"email": user.email, "display_name": user.display_name}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(axum::Json(user.into()))
 }
 
-async fn set_disabled(s: &AppState, p: &Principal, id: Uuid, disabled: bool) -> ApiResult<axum::Json<User>> {
+async fn set_disabled(
+    s: &AppState,
+    p: &Principal,
+    id: Uuid,
+    disabled: bool,
+) -> ApiResult<axum::Json<User>> {
     let mut tx = s.store.begin().await?;
     let current = tx.user(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
     let status = match (disabled, current.key_id) {
@@ -241,22 +306,50 @@ async fn set_disabled(s: &AppState, p: &Principal, id: Uuid, disabled: bool) -> 
     if disabled == (current.status == "disabled") {
         return Ok(axum::Json(current.into()));
     }
-    let user = tx.update_user(p.org_id, id, &UserPatch { status: Some(status.into()), ..Default::default() }).await?;
-    let action = if disabled { "user.disable" } else { "user.enable" };
-    tx.append_audit(p.org_id, &p.actor(), action, &format!("user:{id}"), json!({})).await?;
+    let user = tx
+        .update_user(
+            p.org_id,
+            id,
+            &UserPatch {
+                status: Some(status.into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let action = if disabled {
+        "user.disable"
+    } else {
+        "user.enable"
+    };
+    tx.append_audit(
+        p.org_id,
+        &p.actor(),
+        action,
+        &format!("user:{id}"),
+        json!({}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(axum::Json(user.into()))
 }
 
 #[utoipa::path(post, path = "/api/v1/users/{id}/disable", params(("id" = Uuid, Path)),
     responses((status = 200, body = User), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn disable(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<User>> {
+pub async fn disable(
+    State(s): State<AppState>,
+    p: Principal,
+    IdPath(id): IdPath,
+) -> ApiResult<axum::Json<User>> {
     set_disabled(&s, &p, id, true).await
 }
 
 #[utoipa::path(post, path = "/api/v1/users/{id}/enable", params(("id" = Uuid, Path)),
     responses((status = 200, body = User), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn enable(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<User>> {
+pub async fn enable(
+    State(s): State<AppState>,
+    p: Principal,
+    IdPath(id): IdPath,
+) -> ApiResult<axum::Json<User>> {
     set_disabled(&s, &p, id, false).await
 }
 
@@ -272,21 +365,37 @@ struct CsvRow {
 fn parse_csv(body: &[u8]) -> (Vec<CsvRow>, Vec<ImportError>) {
     let mut rows = Vec::new();
     let mut errors = Vec::new();
-    let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).trim(csv::Trim::All).from_reader(body);
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .trim(csv::Trim::All)
+        .from_reader(body);
     let headers = match rdr.headers() {
         Ok(h) => h.clone(),
         Err(e) => {
-            errors.push(ImportError { line: 1, reason: format!("unreadable header: {e}") });
+            errors.push(ImportError {
+                line: 1,
+                reason: format!("unreadable header: {e}"),
+            });
             return (rows, errors);
         }
     };
     let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     let (Some(upn_i), email_i, name_i) = (col("upn"), col("email"), col("display_name")) else {
-        errors.push(ImportError { line: 1, reason: "header must have a upn column (and optionally email, display_name)".into() });
+        errors.push(ImportError {
+            line: 1,
+            reason: "header must have a upn column (and optionally email, display_name)".into(),
+        });
         return (rows, errors);
     };
-    if let Some(unknown) = headers.iter().find(|h| !["upn", "email", "display_name"].contains(&h.to_lowercase().as_str())) {
-        errors.push(ImportError { line: 1, reason: format!("unknown column {unknown:?}") });
+    if let Some(unknown) = headers
+        .iter()
+        .find(|h| !["upn", "email", "display_name"].contains(&h.to_lowercase().as_str()))
+    {
+        errors.push(ImportError {
+            line: 1,
+            reason: format!("unknown column {unknown:?}"),
+        });
         return (rows, errors);
     }
     let mut seen = std::collections::HashMap::new();
@@ -295,7 +404,10 @@ fn parse_csv(body: &[u8]) -> (Vec<CsvRow>, Vec<ImportError>) {
             Ok(r) => r,
             Err(e) => {
                 let line = e.position().map(|p| p.line()).unwrap_or(0);
-                errors.push(ImportError { line, reason: format!("malformed line: {e}") });
+                errors.push(ImportError {
+                    line,
+                    reason: format!("malformed line: {e}"),
+                });
                 continue;
             }
         };
@@ -305,16 +417,29 @@ fn parse_csv(body: &[u8]) -> (Vec<CsvRow>, Vec<ImportError>) {
         let display_name = opt(name_i.and_then(|i| rec.get(i)));
         let check = valid_upn(&upn)
             .and_then(|_| email.as_deref().map(valid_email).unwrap_or(Ok(())))
-            .and_then(|_| display_name.as_deref().map(valid_display_name).unwrap_or(Ok(())));
+            .and_then(|_| {
+                display_name
+                    .as_deref()
+                    .map(valid_display_name)
+                    .unwrap_or(Ok(()))
+            });
         if let Err(reason) = check {
             errors.push(ImportError { line, reason });
             continue;
         }
         if let Some(first) = seen.insert(upn.to_lowercase(), line) {
-            errors.push(ImportError { line, reason: format!("duplicate upn (first on line {first})") });
+            errors.push(ImportError {
+                line,
+                reason: format!("duplicate upn (first on line {first})"),
+            });
             continue;
         }
-        rows.push(CsvRow { line, upn, email, display_name });
+        rows.push(CsvRow {
+            line,
+            upn,
+            email,
+            display_name,
+        });
     }
     (rows, errors)
 }
@@ -322,15 +447,30 @@ fn parse_csv(body: &[u8]) -> (Vec<CsvRow>, Vec<ImportError>) {
 #[utoipa::path(post, path = "/api/v1/users/import-csv", params(ImportQuery),
     request_body(content = String, content_type = "text/csv", description = "Header upn,email,display_name"),
     responses((status = 200, body = ImportResult), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn import_csv(State(s): State<AppState>, p: Principal, Query(q): Query<ImportQuery>, req: Request) -> ApiResult<axum::Json<ImportResult>> {
-    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+pub async fn import_csv(
+    State(s): State<AppState>,
+    p: Principal,
+    Query(q): Query<ImportQuery>,
+    req: Request,
+) -> ApiResult<axum::Json<ImportResult>> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !ct.starts_with("text/csv") {
         return Err(ApiError::UnsupportedMediaType("expected text/csv".into()));
     }
-    let body = Bytes::from_request(req, &()).await.map_err(bytes_rejection)?;
+    let body = Bytes::from_request(req, &())
+        .await
+        .map_err(bytes_rejection)?;
     let (rows, errors) = parse_csv(&body);
     if !errors.is_empty() && !q.skip_invalid {
-        return Ok(axum::Json(ImportResult { created: 0, updated: 0, errors }));
+        return Ok(axum::Json(ImportResult {
+            created: 0,
+            updated: 0,
+            errors,
+        }));
     }
     let (mut created, mut updated) = (0u64, 0u64);
     let mut tx = s.store.begin().await?;
@@ -370,7 +510,11 @@ pub async fn import_csv(State(s): State<AppState>, p: Principal, Query(q): Query
     )
     .await?;
     tx.commit().await?;
-    Ok(axum::Json(ImportResult { created, updated, errors }))
+    Ok(axum::Json(ImportResult {
+        created,
+        updated,
+        errors,
+    }))
 }
 
 /// Activation codes are typed by people: 20 characters of Crockford base32 (100 bits) in groups.
@@ -379,13 +523,24 @@ fn new_activation_code() -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
     let mut b = [0u8; 20];
     rand::rngs::OsRng.fill_bytes(&mut b);
-    let chars: Vec<char> = b.iter().map(|x| ALPHABET[(*x & 31) as usize] as char).collect();
-    chars.chunks(5).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join("-")
+    let chars: Vec<char> = b
+        .iter()
+        .map(|x| ALPHABET[(*x & 31) as usize] as char)
+        .collect();
+    chars
+        .chunks(5)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 #[utoipa::path(post, path = "/api/v1/users/{id}/activation", params(("id" = Uuid, Path)),
     responses((status = 201, body = ActivationCode), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
-pub async fn activation(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<(StatusCode, axum::Json<ActivationCode>)> {
+pub async fn activation(
+    State(s): State<AppState>,
+    p: Principal,
+    IdPath(id): IdPath,
+) -> ApiResult<(StatusCode, axum::Json<ActivationCode>)> {
     let mut tx = s.store.begin().await?;
     let user = tx.user(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
     if user.status == "disabled" {
@@ -393,11 +548,22 @@ pub async fn activation(State(s): State<AppState>, p: Principal, IdPath(id): IdP
     }
     let code = new_activation_code();
     let expires_at = keyward_store::now() + chrono::Duration::hours(72);
-    let rec = tx.insert_activation_code(p.org_id, id, &auth::secret_hash(&code), expires_at).await?;
-    tx.append_audit(p.org_id, &p.actor(), "user.activation_code", &format!("user:{id}"), json!({"activation_id": rec.id, "expires_at": expires_at}))
+    let rec = tx
+        .insert_activation_code(p.org_id, id, &auth::secret_hash(&code), expires_at)
         .await?;
+    tx.append_audit(
+        p.org_id,
+        &p.actor(),
+        "user.activation_code",
+        &format!("user:{id}"),
+        json!({"activation_id": rec.id, "expires_at": expires_at}),
+    )
+    .await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, axum::Json(ActivationCode { code, expires_at })))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(ActivationCode { code, expires_at }),
+    ))
 }
 
 #[cfg(test)]
@@ -410,7 +576,12 @@ mod tests {
         let (rows, errors) = parse_csv(csv.as_bytes());
         assert_eq!(rows.len(), 1);
         let lines: Vec<u64> = errors.iter().map(|e| e.line).collect();
-        assert_eq!(&lines[..3], &[3, 4, 5], "{:?}", errors.iter().map(|e| &e.reason).collect::<Vec<_>>());
+        assert_eq!(
+            &lines[..3],
+            &[3, 4, 5],
+            "{:?}",
+            errors.iter().map(|e| &e.reason).collect::<Vec<_>>()
+        );
         assert!(errors.len() >= 4, "the broken quote must be reported too");
     }
 

@@ -27,7 +27,8 @@ pub struct Ctx {
 
 pub async fn ctx(db: TestDb) -> Ctx {
     let dir = tempfile::tempdir().expect("tmp");
-    let vault = Arc::new(Vault::open(KekSource::KeyFile(dir.path().join("vault.key"))).expect("vault"));
+    let vault =
+        Arc::new(Vault::open(KekSource::KeyFile(dir.path().join("vault.key"))).expect("vault"));
     let keyops = keyward_server::keyops::KeyOps::new(
         db.store.clone(),
         vault.clone(),
@@ -44,7 +45,12 @@ pub async fn ctx(db: TestDb) -> Ctx {
         ctap: Some(Arc::new(keyops)),
     };
     let app = keyward_server::serve::app(state.clone());
-    Ctx { app, state, db, _dir: dir }
+    Ctx {
+        app,
+        state,
+        db,
+        _dir: dir,
+    }
 }
 
 pub struct Org {
@@ -59,17 +65,28 @@ pub const PASSWORD: &str = "a long test password";
 /// An organisation with one admin per role, each with an API token.
 pub async fn org(ctx: &Ctx, name: &str) -> Org {
     let store = &ctx.state.store;
-    let org = keyward_server::bootstrap::create_org(store, name).await.expect("org");
+    let org = keyward_server::bootstrap::create_org(store, name)
+        .await
+        .expect("org");
     let mut tokens = HashMap::new();
     let mut emails = HashMap::new();
     for role in Role::ALL {
         let email = format!("{}@{}.test", role.as_str(), name.to_lowercase());
-        keyward_server::bootstrap::create_admin(store, name, &email, role, PASSWORD).await.expect("admin");
-        let token = keyward_server::bootstrap::create_token(store, Some(name), &email, "test").await.expect("token");
+        keyward_server::bootstrap::create_admin(store, name, &email, role, PASSWORD)
+            .await
+            .expect("admin");
+        let token = keyward_server::bootstrap::create_token(store, Some(name), &email, "test")
+            .await
+            .expect("token");
         tokens.insert(role, token);
         emails.insert(role, email);
     }
-    Org { id: org.id, name: name.into(), tokens, emails }
+    Org {
+        id: org.id,
+        name: name.into(),
+        tokens,
+        emails,
+    }
 }
 
 pub struct Resp {
@@ -83,7 +100,10 @@ impl Resp {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
     pub fn content_type(&self) -> &str {
-        self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 }
 
@@ -91,12 +111,25 @@ pub async fn send(app: &Router, req: Request<Body>) -> Resp {
     let resp = app.clone().oneshot(req).await.expect("infallible");
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024 * 1024).await.expect("body").to_vec();
-    Resp { status, headers, body }
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024 * 1024)
+        .await
+        .expect("body")
+        .to_vec();
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// A request with an optional bearer token and a body of the given content type.
-pub fn request(method: Method, path: &str, token: Option<&str>, content_type: Option<&str>, body: Vec<u8>) -> Request<Body> {
+pub fn request(
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> Request<Body> {
     let mut b = Request::builder().method(method).uri(path);
     if let Some(t) = token {
         b = b.header("authorization", format!("Bearer {t}"));
@@ -109,7 +142,10 @@ pub fn request(method: Method, path: &str, token: Option<&str>, content_type: Op
 
 pub async fn call(ctx: &Ctx, method: Method, path: &str, token: &str, body: Option<Value>) -> Resp {
     let (ct, bytes) = match body {
-        Some(v) => (Some("application/json"), serde_json::to_vec(&v).expect("json")),
+        Some(v) => (
+            Some("application/json"),
+            serde_json::to_vec(&v).expect("json"),
+        ),
         None => (None, Vec::new()),
     };
     send(&ctx.app, request(method, path, Some(token), ct, bytes)).await
@@ -118,11 +154,39 @@ pub async fn call(ctx: &Ctx, method: Method, path: &str, token: &str, body: Opti
 /// Creates a user with a key in `org` through the API; returns (user id, key id).
 pub async fn user_with_key(ctx: &Ctx, org: &Org, upn: &str) -> (Uuid, Uuid) {
     let owner = &org.tokens[&Role::Owner];
-    let r = call(ctx, Method::POST, "/api/v1/users", owner, Some(serde_json::json!({"upn": upn}))).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    let r = call(
+        ctx,
+        Method::POST,
+        "/api/v1/users",
+        owner,
+        Some(serde_json::json!({"upn": upn})),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     let user: Uuid = r.json()["id"].as_str().expect("id").parse().expect("uuid");
-    let r = call(ctx, Method::POST, &format!("/api/v1/users/{user}/key"), owner, None).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
-    let key: Uuid = r.json()["key_id"].as_str().expect("key").parse().expect("uuid");
+    let r = call(
+        ctx,
+        Method::POST,
+        &format!("/api/v1/users/{user}/key"),
+        owner,
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let key: Uuid = r.json()["key_id"]
+        .as_str()
+        .expect("key")
+        .parse()
+        .expect("uuid");
     (user, key)
 }

@@ -617,3 +617,137 @@ fn plain_http_is_only_for_loopback() {
         ErrorKind::Config
     );
 }
+
+#[tokio::test]
+async fn full_attestation_and_key_restrictions() {
+    let sim = sim(5).await;
+    let graph = client(&sim);
+    let (user, _) = support::user(&sim, 1).expect("user");
+
+    let (cert, key) = support::attestation_cert(support::AAGUID);
+    let options = graph.creation_options(&user, None).await.expect("options");
+    let method = graph
+        .register_passkey(
+            &user,
+            &SoftKey::new().register(
+                &options,
+                Attest::PackedFull {
+                    x5c: vec![cert],
+                    key,
+                },
+            ),
+            ApiVersion::V1,
+        )
+        .await
+        .expect("full attestation accepted");
+    assert_eq!(method.attestation_level.as_deref(), Some("attested"));
+    assert_eq!(method.attestation_certificates.len(), 1);
+
+    // A certificate naming another AAGUID does not vouch for this authenticator.
+    let (cert, key) = support::attestation_cert(*b"some-other-model");
+    let options = graph.creation_options(&user, None).await.expect("options");
+    let e = graph
+        .register_passkey(
+            &user,
+            &SoftKey::new().register(
+                &options,
+                Attest::PackedFull {
+                    x5c: vec![cert],
+                    key,
+                },
+            ),
+            ApiVersion::V1,
+        )
+        .await
+        .expect_err("AAGUID mismatch");
+    assert!(e.message.contains("AAGUID"), "{e}");
+
+    // An allow list without our AAGUID: the pre-flight says so, and Entra refuses.
+    let mut policy = sim.control.policy();
+    policy.key_restrictions = keyward_graph_sim::KeyRestrictions {
+        is_enforced: true,
+        enforcement_type: "allow".into(),
+        aa_guids: vec!["cb69481e-8ff7-4039-93ec-0a2729a154a8".into()],
+    };
+    sim.control.set_policy(policy.clone());
+    match graph.preflight(&user, &ours()).await.expect("preflight") {
+        Preflight::Blocked { reason } => assert!(reason.contains(&ours().aaguid), "{reason}"),
+        Preflight::Ready => panic!("the allow list excludes us"),
+    }
+    let options = graph.creation_options(&user, None).await.expect("options");
+    let e = graph
+        .register_passkey(
+            &user,
+            &SoftKey::new().register(&options, Attest::None),
+            ApiVersion::V1,
+        )
+        .await
+        .expect_err("blocked");
+    assert!(e.message.contains("key restriction"), "{e}");
+    policy.key_restrictions.aa_guids.push(ours().aaguid);
+    sim.control.set_policy(policy);
+    assert_eq!(
+        graph.preflight(&user, &ours()).await.expect("preflight"),
+        Preflight::Ready
+    );
+    graph
+        .register_passkey(
+            &user,
+            &SoftKey::new().register(&options, Attest::None),
+            ApiVersion::V1,
+        )
+        .await
+        .expect("now allowed");
+}
+
+#[tokio::test]
+async fn enforced_attestation_accepts_only_trusted_chains() {
+    let sim = sim(5).await;
+    let graph = client(&sim);
+    let (user, _) = support::user(&sim, 1).expect("user");
+    let mut policy = sim.control.policy();
+    policy.is_attestation_enforced = true;
+    sim.control.set_policy(policy);
+
+    let (cert, key) = support::attestation_cert(support::AAGUID);
+    let options = graph.creation_options(&user, None).await.expect("options");
+    let reg = SoftKey::new().register(
+        &options,
+        Attest::PackedFull {
+            x5c: vec![cert.clone()],
+            key,
+        },
+    );
+    let e = graph
+        .register_passkey(&user, &reg, ApiVersion::V1)
+        .await
+        .expect_err("untrusted chain");
+    assert!(e.message.contains("Attestation is enforced"), "{e}");
+
+    let options = graph.creation_options(&user, None).await.expect("options");
+    let (cert, key) = support::attestation_cert(support::AAGUID);
+    sim.control.set_attestation_roots(vec![cert.clone()]);
+    let reg = SoftKey::new().register(
+        &options,
+        Attest::PackedFull {
+            x5c: vec![cert],
+            key,
+        },
+    );
+    let method = graph
+        .register_passkey(&user, &reg, ApiVersion::V1)
+        .await
+        .expect("trusted chain");
+    assert_eq!(method.attestation_level.as_deref(), Some("attested"));
+
+    let options = graph.creation_options(&user, None).await.expect("options");
+    let e = graph
+        .register_passkey(
+            &user,
+            &SoftKey::new().register(&options, Attest::None),
+            ApiVersion::V1,
+        )
+        .await
+        .expect_err("none");
+    assert!(e.message.contains("Attestation is enforced"), "{e}");
+}

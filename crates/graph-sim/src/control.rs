@@ -193,6 +193,11 @@ impl SimControl {
         data.writes.clear();
     }
 
+    /// Trusts these DER certificates as attestation roots when attestation is enforced.
+    pub fn set_attestation_roots(&self, roots: Vec<Vec<u8>>) {
+        self.sim.data().attestation_roots = roots;
+    }
+
     pub fn register_certificate(&self, der: Vec<u8>) {
         self.sim.data().client_certificates.push(der);
     }

@@ -362,11 +362,19 @@ pub async fn register(
     let mut data = sim.data();
     let policy = data.policy.clone();
     if policy.is_attestation_enforced {
-        // Enforced attestation needs a chain to a FIDO MDS root; the simulator holds no MDS, so
-        // like Entra with a software authenticator it refuses every registration.
-        return Err(GraphError::bad_request(
-            "Attestation is enforced by the authentication methods policy and the authenticator's attestation could not be validated against the FIDO metadata service.",
-        ));
+        // Enforced attestation needs a chain to a trusted root (FIDO MDS for Entra). With no roots
+        // configured every registration fails, as a software authenticator does against Entra.
+        let chained = match &att.att_stmt {
+            webauthn::AttStmt::Packed { x5c, .. } if verified.attested => {
+                webauthn::chains_to(x5c, &data.attestation_roots)
+            }
+            _ => false,
+        };
+        if !chained {
+            return Err(GraphError::bad_request(
+                "Attestation is enforced by the authentication methods policy and the authenticator's attestation could not be validated against the FIDO metadata service.",
+            ));
+        }
     }
     let aaguid = aaguid_string(&cred.aaguid);
     let kr = &policy.key_restrictions;

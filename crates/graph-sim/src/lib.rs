@@ -55,6 +55,10 @@ pub struct SimConfig {
     pub write_window: Duration,
     pub token_lifetime: Duration,
     pub policy: Fido2Policy,
+    /// DER certificates trusted as attestation roots when the policy enforces attestation (the
+    /// simulator's stand-in for FIDO MDS); empty means every registration fails enforcement, as a
+    /// software authenticator does against real Entra.
+    pub attestation_roots: Vec<Vec<u8>>,
 }
 
 impl Default for SimConfig {
@@ -73,6 +77,7 @@ impl Default for SimConfig {
             write_window: Duration::from_secs(150),
             token_lifetime: Duration::from_secs(3599),
             policy: Fido2Policy::default(),
+            attestation_roots: Vec::new(),
         }
     }
 }

@@ -188,6 +188,8 @@ pub struct Data {
     pub policy: Fido2Policy,
     pub consenting_admin: String,
     pub used_challenges: HashSet<Vec<u8>>,
+    /// Roots trusted when attestation is enforced (the simulator's stand-in for FIDO MDS).
+    pub attestation_roots: Vec<Vec<u8>>,
     pub signin: HashMap<String, SigninChallenge>,
     pub client_secret: String,
     pub client_certificates: Vec<Vec<u8>>,
@@ -293,6 +295,7 @@ impl Data {
             policy: config.policy.clone(),
             consenting_admin: config.consenting_admin.to_lowercase(),
             used_challenges: HashSet::new(),
+            attestation_roots: config.attestation_roots.clone(),
             signin: HashMap::new(),
             client_secret: config.client_secret.clone(),
             client_certificates: config.client_certificates.clone(),

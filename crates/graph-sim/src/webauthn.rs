@@ -426,6 +426,32 @@ pub fn verify_attestation(
     }
 }
 
+/// Whether `x5c` chains to one of `roots`: each certificate is signed by the next, and the last
+/// is a root or is signed by one. (This stands in for FIDO MDS, which lists the roots.)
+pub fn chains_to(x5c: &[Vec<u8>], roots: &[Vec<u8>]) -> bool {
+    let Some(last) = x5c.last() else { return false };
+    let linked = x5c.windows(2).all(|w| signed_by(&w[0], &w[1]));
+    linked && roots.iter().any(|r| r == last || signed_by(last, r))
+}
+
+/// Whether `cert` carries a valid signature by `issuer`'s key (ECDSA P-256 or RSA, SHA-256).
+fn signed_by(cert: &[u8], issuer: &[u8]) -> bool {
+    let (Ok((_, c)), Ok(key)) = (X509Certificate::from_der(cert), cert_public_key(issuer)) else {
+        return false;
+    };
+    let alg: &'static dyn signature::VerificationAlgorithm = match (
+        c.signature_algorithm.algorithm.to_id_string().as_str(),
+        &key,
+    ) {
+        ("1.2.840.10045.4.3.2", CertKey::P256(_)) => &signature::ECDSA_P256_SHA256_ASN1,
+        ("1.2.840.113549.1.1.11", CertKey::Rsa(_)) => &signature::RSA_PKCS1_2048_8192_SHA256,
+        _ => return false,
+    };
+    UnparsedPublicKey::new(alg, key.bytes())
+        .verify(c.tbs_certificate.as_ref(), &c.signature_value.data)
+        .is_ok()
+}
+
 /// Formats 16 AAGUID bytes as a lowercase UUID string.
 pub fn aaguid_string(aaguid: &[u8; 16]) -> String {
     uuid::Uuid::from_bytes(*aaguid).to_string()

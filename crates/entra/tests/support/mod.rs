@@ -75,6 +75,42 @@ pub struct SoftKey {
 pub enum Attest {
     None,
     PackedSelf,
+    /// Packed with an attestation certificate chain (x5c) and its P-256 key.
+    PackedFull {
+        x5c: Vec<Vec<u8>>,
+        key: EcdsaKeyPair,
+    },
+}
+
+/// An attestation certificate as FIDO requires it (OU "Authenticator Attestation", not a CA,
+/// the AAGUID extension), self-signed, with its key.
+pub fn attestation_cert(aaguid: [u8; 16]) -> (Vec<u8>, EcdsaKeyPair) {
+    use rcgen::{CertificateParams, CustomExtension, DnType, IsCa, KeyPair as RcKey};
+    let key = RcKey::generate().expect("P-256 key");
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CountryName, "SE");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Keyward Test");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, "Authenticator Attestation");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Keyward Test Batch");
+    params.is_ca = IsCa::ExplicitNoCa;
+    let mut ext = vec![0x04, 0x10];
+    ext.extend_from_slice(&aaguid);
+    params
+        .custom_extensions
+        .push(CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 4, 1, 45724, 1, 1, 4],
+            ext,
+        ));
+    let cert = params.self_signed(&key).expect("certificate");
+    let signer = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &key.serialize_der())
+        .expect("PKCS#8");
+    (cert.der().to_vec(), signer)
 }
 
 fn cbor(v: Value) -> Vec<u8> {
@@ -155,20 +191,31 @@ impl SoftKey {
     ) -> Registration {
         let auth_data = self.make_auth_data(rp_id, flags);
         let cdh = digest::digest(&digest::SHA256, client_data_json);
-        let stmt = match attest {
-            Attest::None => Value::map(vec![]),
-            Attest::PackedSelf => {
-                let mut signed = auth_data.clone();
-                signed.extend_from_slice(cdh.as_ref());
-                Value::map(vec![
-                    (text("alg"), Value::integer(-7)),
-                    (text("sig"), Value::byte_string(self.sign(&signed))),
-                ])
-            }
-        };
         let fmt = match attest {
             Attest::None => "none",
-            Attest::PackedSelf => "packed",
+            Attest::PackedSelf | Attest::PackedFull { .. } => "packed",
+        };
+        let mut signed = auth_data.clone();
+        signed.extend_from_slice(cdh.as_ref());
+        let stmt = match &attest {
+            Attest::None => Value::map(vec![]),
+            Attest::PackedSelf => Value::map(vec![
+                (text("alg"), Value::integer(-7)),
+                (text("sig"), Value::byte_string(self.sign(&signed))),
+            ]),
+            Attest::PackedFull { x5c, key } => {
+                let sig = key
+                    .sign(&SystemRandom::new(), &signed)
+                    .expect("signs")
+                    .as_ref()
+                    .to_vec();
+                let chain = x5c.iter().map(|c| Value::byte_string(c.clone())).collect();
+                Value::map(vec![
+                    (text("alg"), Value::integer(-7)),
+                    (text("sig"), Value::byte_string(sig)),
+                    (text("x5c"), Value::array(chain)),
+                ])
+            }
         };
         let attestation_object = cbor(Value::map(vec![
             (text("fmt"), text(fmt)),

@@ -12,4 +12,5 @@ pub mod error;
 pub mod jobs;
 pub mod keyops;
 pub mod metrics;
+pub mod provisioning;
 pub mod serve;

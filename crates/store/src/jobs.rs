@@ -489,6 +489,21 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces an item's result (e.g. to drop a sealed one-time secret once it was shown).
+    pub async fn set_item_result(
+        &self,
+        job_id: Uuid,
+        user_id: Uuid,
+        result: Option<&Value>,
+    ) -> Result<(), StoreError> {
+        let result = result.map(to_json_text).transpose()?;
+        on_pool!(&self.db, p => {
+            sqlx::query("UPDATE job_items SET result = $1, updated_at = $2 WHERE job_id = $3 AND user_id = $4")
+                .bind(&result).bind(now()).bind(job_id).bind(user_id).execute(p).await?;
+        });
+        Ok(())
+    }
+
     /// Ends a running item and adjusts the job's counters in one transaction. Returns false if the
     /// item was not running (cancelled meanwhile), in which case nothing changed.
     pub async fn finish_item(

@@ -140,6 +140,8 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::POST, "/directories/entra", ManageSettings, post(crate::directories::api::create)),
         route(Method::POST, "/directories/{id}/import", ManageUsers, post(crate::directories::api::import)),
         route(Method::POST, "/directories/{id}/test", ManageUsers, post(crate::directories::api::test)),
+        route(Method::POST, "/provisioning", ManageUsers, post(crate::provisioning::api::start)),
+        route(Method::POST, "/jobs/{id}/items/{user_id}/tap", ManageUsers, post(crate::provisioning::api::reveal_tap)),
     ]
 }
 
@@ -282,7 +284,7 @@ pub(crate) fn decode_cursor(c: &str) -> Result<String, ApiError> {
         audit::list,
         crate::jobs::api::get_job, crate::jobs::api::events, crate::jobs::api::retry, crate::jobs::api::cancel,
         crate::directories::api::list, crate::directories::api::create, crate::directories::api::import,
-        crate::directories::api::test,
+        crate::directories::api::test, crate::provisioning::api::start, crate::provisioning::api::reveal_tap,
     ),
     components(schemas(crate::error::Problem)),
     modifiers(&SecurityAddon),

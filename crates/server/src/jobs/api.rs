@@ -34,7 +34,13 @@ pub struct JobItem {
 }
 
 impl From<JobItemRecord> for JobItem {
-    fn from(i: JobItemRecord) -> Self {
+    fn from(mut i: JobItemRecord) -> Self {
+        // A sealed Temporary Access Pass is revealed only through its own endpoint.
+        if let Some(obj) = i.result.as_mut().and_then(|r| r.as_object_mut())
+            && obj.remove("tap_sealed").is_some()
+        {
+            obj.insert("tap_available".into(), serde_json::Value::Bool(true));
+        }
         JobItem {
             user_id: i.user_id,
             state: i.state,

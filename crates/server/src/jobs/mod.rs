@@ -13,6 +13,11 @@
 
 pub mod api;
 
+use crate::api::AppState;
+use crate::directories::{DirectoryDeps, ImportKind};
+use crate::keyops::KeyOps;
+use crate::provisioning::{ProvisionDeps, ProvisionKind};
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -437,4 +442,32 @@ impl JobRunner {
             }
         }
     }
+}
+
+/// Starts the runner a server needs: imports always, provisioning when key operations are
+/// available. On SQLite the server is the only process, so leases of a crashed run are dropped
+/// at once and its jobs resume immediately.
+pub fn start(
+    state: &AppState,
+    keyops: Option<Arc<KeyOps>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let cfg = RunnerConfig {
+        single_process: state.store.backend() == keyward_store::Backend::Sqlite,
+        ..RunnerConfig::default()
+    };
+    let mut runner = JobRunner::new(state.store.clone(), cfg);
+    runner.register(Arc::new(ImportKind::new(DirectoryDeps {
+        store: state.store.clone(),
+        vault: state.vault.clone(),
+    })));
+    if let Some(keyops) = keyops {
+        runner.register(Arc::new(ProvisionKind::new(ProvisionDeps {
+            store: state.store.clone(),
+            vault: state.vault.clone(),
+            keyops,
+            aaguid: state.aaguid,
+        })));
+    }
+    Arc::new(runner).spawn(shutdown)
 }

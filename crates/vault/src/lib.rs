@@ -26,11 +26,12 @@ use std::sync::RwLock;
 use std::time::SystemTime;
 
 use cryptoki::object::ObjectHandle;
-use uuid::Uuid;
 use zeroize::Zeroizing;
 
 pub use datakey::{DataKey, KEY_LEN, SealAad};
 pub use pkcs11::Pkcs11Config;
+/// Re-exported because [`KeyBinding`] and [`SealAad`] are keyed by it.
+pub use uuid::Uuid;
 
 use local::LocalKek;
 use pkcs11::TokenKeks;

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use keyward_authenticator::{Authenticator, Config, Context, Policy};
-use keyward_store::{NewSecurityKey, SecurityKeyRecord, Store, StoreError};
+use keyward_store::{Backend, NewSecurityKey, SecurityKeyRecord, Store, StoreError};
 use keyward_vault::{KeyBinding, Vault, VaultError};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -95,6 +95,10 @@ pub struct KeyOps {
     vault: Arc<Vault>,
     config: Config,
     slots: Mutex<HashMap<Uuid, Slot>>,
+    /// SQLite admits one writer at a time and makes the others sleep-and-retry (busy_timeout backs
+    /// off in steps of milliseconds). Queueing writers here instead keeps the database lock
+    /// handed over without sleeps; PostgreSQL locks rows and needs no such queue.
+    sqlite_writer: Option<tokio::sync::Mutex<()>>,
     epoch: Instant,
 }
 
@@ -139,11 +143,14 @@ impl KeyOps {
     /// `config` is the engine configuration shared by every key (attestation, limits); each key's
     /// own AAGUID from its row replaces `config.aaguid`.
     pub fn new(store: Store, vault: Arc<Vault>, config: Config) -> Self {
+        let sqlite_writer =
+            (store.backend() == Backend::Sqlite).then(|| tokio::sync::Mutex::new(()));
         KeyOps {
             store,
             vault,
             config,
             slots: Mutex::new(HashMap::new()),
+            sqlite_writer,
             epoch: Instant::now(),
         }
     }
@@ -160,6 +167,15 @@ impl KeyOps {
         // A poisoned map only means another thread panicked while inserting; the map is valid.
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.entry(key_id).or_default().clone()
+    }
+
+    /// Waits for this process's turn to write on SQLite (no-op on PostgreSQL). Always taken after
+    /// a key's slot, never before, so the two locks cannot deadlock.
+    async fn writer_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.sqlite_writer {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        }
     }
 
     /// Forgets a key's volatile state (a re-plug): PIN tokens and cursors are dropped. Persistent
@@ -194,6 +210,7 @@ impl KeyOps {
         actor: &str,
     ) -> Result<SecurityKeyRecord, KeyOpsError> {
         let new = self.new_key_material(org_id)?;
+        let _turn = self.writer_turn().await;
         let mut tx = self.store.begin().await?;
         tx.insert_security_key(org_id, user_id, &new).await?;
         let detail = serde_json::json!({ "user_id": user_id, "kek_version": new.kek_version });
@@ -230,6 +247,7 @@ impl KeyOps {
         }
         let slot = self.slot(key_id);
         let mut volatile = slot.lock().await;
+        let _turn = self.writer_turn().await;
         let mut tx = self.store.begin_key(org_id, key_id).await?;
         let mut rec = tx.key().await?;
         if rec.status != "active" {
@@ -284,6 +302,7 @@ impl KeyOps {
             .first()
             .ok_or(KeyOpsError::InvalidRequest("empty CTAP request"))?;
         let volatile = self.slot(key_id).lock_owned().await;
+        let _turn = self.writer_turn().await;
         let mut tx = self.store.begin_key(org_id, key_id).await?;
         let rec = tx.key().await?;
         if rec.status != "active" {

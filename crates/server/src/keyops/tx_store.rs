@@ -98,15 +98,15 @@ impl TxStore {
         self.fail(keyward_store::StoreError::Corrupt(what.to_owned()))
     }
 
-    fn to_stored(&mut self, r: CredentialRecord) -> Result<StoredCredential, StoreError> {
+    fn stored(&mut self, r: CredentialRecord) -> Result<StoredCredential, StoreError> {
         stored_from_record(r).map_err(|what| self.corrupt(what))
     }
 
-    fn to_stored_all(
+    fn stored_all(
         &mut self,
         rs: Vec<CredentialRecord>,
     ) -> Result<Vec<StoredCredential>, StoreError> {
-        rs.into_iter().map(|r| self.to_stored(r)).collect()
+        rs.into_iter().map(|r| self.stored(r)).collect()
     }
 }
 
@@ -243,19 +243,19 @@ impl keyward_authenticator::Store for TxStore {
         rp_id_hash: &[u8; 32],
     ) -> Result<Vec<StoredCredential>, StoreError> {
         let rs = on_tx!(self, tx => tx.credentials_for_rp(rp_id_hash))?;
-        self.to_stored_all(rs)
+        self.stored_all(rs)
     }
 
     fn credential(&mut self, id: &[u8]) -> Result<Option<StoredCredential>, StoreError> {
         match on_tx!(self, tx => tx.credential(id))? {
-            Some(r) => self.to_stored(r).map(Some),
+            Some(r) => self.stored(r).map(Some),
             None => Ok(None),
         }
     }
 
     fn discoverable_credentials(&mut self) -> Result<Vec<StoredCredential>, StoreError> {
         let rs = on_tx!(self, tx => tx.discoverable_credentials())?;
-        self.to_stored_all(rs)
+        self.stored_all(rs)
     }
 
     fn insert_credential(&mut self, cred: &StoredCredential) -> Result<(), StoreError> {

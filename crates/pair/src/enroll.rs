@@ -123,8 +123,8 @@ async fn send(
             .await
             .map_err(|e| EnrollError::BadAnswer(e.to_string())),
         401 | 403 => Err(credential_error(status)),
-        // Activation answers 400/410 for a used or expired code.
-        400 | 410 if url.ends_with(ACTIVATE_PATH) => Err(credential_error(status)),
+        // Activation answers 4xx (the server uses 409) for an unknown, used or expired code.
+        400 | 409 | 410 if url.ends_with(ACTIVATE_PATH) => Err(credential_error(status)),
         404 => Err(EnrollError::NotKeyward {
             url: url.to_owned(),
         }),

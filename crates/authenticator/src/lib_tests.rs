@@ -271,3 +271,25 @@ fn dispatch_rejects_unknown_and_empty_requests() {
     assert_eq!(h.raw(&[0x0C]), vec![StatusCode::OperationDenied.as_u8()]);
     assert_eq!(h.raw(&[command::GET_INFO])[0], 0);
 }
+
+#[test]
+fn debug_output_hides_secrets() {
+    let state = crate::KeyState {
+        pin_verifier: Some([0xAB; 32]),
+        ..crate::KeyState::default()
+    };
+    let text = format!("{state:?}");
+    assert!(text.contains("pin_set: true"));
+    assert!(
+        !text.contains("171"),
+        "verifier bytes (0xAB = 171) must not appear: {text}"
+    );
+    let key = crate::AttestationKey {
+        cert_chain_der: vec![vec![1]],
+        pkcs8_der: vec![0xAB; 8].into(),
+    };
+    assert!(!format!("{key:?}").contains("171"));
+    let mut h = Harness::new();
+    h.set_pin("1234", 2).expect("setPIN");
+    assert!(!format!("{:?}", h.auth).contains("token"));
+}

@@ -134,6 +134,12 @@ impl Store {
         Ok(on_pool!(&self.db, p => sqlx::query_as(sql).bind(token_hash).fetch_optional(p).await?))
     }
 
+    /// The organisation's admins, oldest first.
+    pub async fn list_admins(&self, org_id: Uuid) -> Result<Vec<AdminRecord>, StoreError> {
+        let sql = format!("SELECT {ADMIN_COLUMNS} FROM admins WHERE org_id = $1 ORDER BY created_at, id");
+        Ok(on_pool!(&self.db, p => sqlx::query_as(&sql).bind(org_id).fetch_all(p).await?))
+    }
+
     pub async fn tokens_of_admin(&self, admin_id: Uuid) -> Result<Vec<ApiTokenRecord>, StoreError> {
         Ok(on_pool!(&self.db, p => {
             sqlx::query_as("SELECT id, admin_id, name, created_at FROM api_tokens WHERE admin_id = $1 ORDER BY created_at")
@@ -184,6 +190,37 @@ impl Tx {
                 .bind(rec.disabled).bind(rec.created_at).execute(&mut *c).await?;
         });
         Ok(rec)
+    }
+
+    /// The organisation's admins inside this transaction (to check the last-owner rule).
+    pub async fn list_admins(&mut self, org_id: Uuid) -> Result<Vec<AdminRecord>, StoreError> {
+        let sql = format!("SELECT {ADMIN_COLUMNS} FROM admins WHERE org_id = $1 ORDER BY created_at, id");
+        Ok(on_tx!(&mut self.inner, c => sqlx::query_as(&sql).bind(org_id).fetch_all(&mut *c).await?))
+    }
+
+    /// Changes an admin's role and/or disabled flag. Disabling also ends their sessions and
+    /// deletes their API tokens, so access stops at once.
+    pub async fn update_admin(
+        &mut self,
+        org_id: Uuid,
+        id: Uuid,
+        role: Option<&str>,
+        disabled: Option<bool>,
+    ) -> Result<(), StoreError> {
+        on_tx!(&mut self.inner, c => {
+            let n = sqlx::query(
+                "UPDATE admins SET role = COALESCE($1, role), disabled = COALESCE($2, disabled) WHERE org_id = $3 AND id = $4",
+            )
+            .bind(role).bind(disabled).bind(org_id).bind(id).execute(&mut *c).await?.rows_affected();
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            if disabled == Some(true) {
+                sqlx::query("DELETE FROM admin_sessions WHERE admin_id = $1").bind(id).execute(&mut *c).await?;
+                sqlx::query("DELETE FROM api_tokens WHERE admin_id = $1").bind(id).execute(&mut *c).await?;
+            }
+        });
+        Ok(())
     }
 
     /// Stores a new API token's hash; the token itself is shown once by the caller.

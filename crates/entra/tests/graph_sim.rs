@@ -751,3 +751,55 @@ async fn enforced_attestation_accepts_only_trusted_chains() {
         .expect_err("none");
     assert!(e.message.contains("Attestation is enforced"), "{e}");
 }
+
+#[tokio::test]
+async fn tokens_are_cached_until_shortly_before_expiry() {
+    let sim = keyward_graph_sim::spawn(keyward_graph_sim::SimConfig {
+        users: 5,
+        token_lifetime: Duration::from_secs(2),
+        ..keyward_graph_sim::SimConfig::default()
+    })
+    .await
+    .expect("binds");
+    let graph = client(&sim);
+    let (user, _) = support::user(&sim, 1).expect("user");
+    for _ in 0..3 {
+        graph.list_passkeys(&user).await.expect("call");
+    }
+    assert_eq!(
+        sim.control.tokens_issued(),
+        1,
+        "one token serves several calls"
+    );
+    // A 2 s token is refreshed half-way, before Graph would refuse it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    graph.list_passkeys(&user).await.expect("call");
+    assert_eq!(sim.control.tokens_issued(), 2);
+}
+
+#[test]
+fn client_futures_can_run_on_spawned_tasks() {
+    // The server's jobs run these on `tokio::spawn`, which needs Send futures.
+    fn assert_send<T: Send>(_: &T) {}
+    fn assert_sync<T: Send + Sync + Clone>() {}
+    assert_sync::<GraphClient>();
+    let graph = GraphClient::new(EntraConfig::new(
+        "t",
+        "c",
+        ClientCredential::Secret(Secret::new("s")),
+    ))
+    .expect("config");
+    assert_send(&graph.preflight("u", &ours()));
+    assert_send(&graph.creation_options("u", None));
+    let reg = keyward_entra::Registration {
+        display_name: String::new(),
+        credential_id: vec![],
+        client_data_json: vec![],
+        attestation_object: vec![],
+        client_extension_results: serde_json::json!({}),
+    };
+    assert_send(&graph.register_passkey("u", &reg, ApiVersion::V1));
+    assert_send(&graph.create_temporary_access_pass("u", &TapRequest::default()));
+    let mut pages = graph.users(UserSource::All);
+    assert_send(&pages.next_page());
+}

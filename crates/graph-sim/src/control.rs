@@ -206,6 +206,11 @@ impl SimControl {
         self.sim.data().consenting_admin = upn.to_lowercase();
     }
 
+    /// Access tokens issued so far.
+    pub fn tokens_issued(&self) -> u64 {
+        self.sim.data().tokens_issued
+    }
+
     /// Graph requests seen so far.
     pub fn request_count(&self) -> u64 {
         self.sim.data().requests

@@ -196,6 +196,8 @@ pub struct Data {
     pub token_lifetime: Duration,
     /// Counts of Graph requests seen, by outcome, for tests and benchmarks.
     pub requests: u64,
+    /// Access tokens issued so far.
+    pub tokens_issued: u64,
 }
 
 /// A shareable handle to the simulated tenant.
@@ -301,6 +303,7 @@ impl Data {
             client_certificates: config.client_certificates.clone(),
             token_lifetime: config.token_lifetime,
             requests: 0,
+            tokens_issued: 0,
         };
         let mut ids = Vec::with_capacity(config.users);
         for i in 0..config.users {

@@ -149,6 +149,7 @@ fn issue(
         let now = Instant::now();
         data.tokens.retain(|_, exp| *exp > now);
         data.tokens.insert(access_token.clone(), now + lifetime);
+        data.tokens_issued += 1;
         lifetime
     };
     Ok(json!({

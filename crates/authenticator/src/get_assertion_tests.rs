@@ -350,3 +350,39 @@ fn a_tampered_sealed_key_fails_closed_and_store_failure_refuses() {
         Some(StatusCode::Other)
     );
 }
+
+#[test]
+fn eddsa_credentials_sign_raw_ed25519_signatures() {
+    use aws_lc_rs::signature::ED25519;
+    let mut h = Harness::new();
+    let mut params = make_credential_params("example.com", b"u", false);
+    params[3].1 = Value::Array(vec![cbor::text_map(vec![
+        ("alg", Value::int(-8)),
+        ("type", Value::text("public-key")),
+    ])]);
+    let response = h
+        .call_map(command::MAKE_CREDENTIAL, cbor::int_map(params))
+        .expect("mc");
+    let id = credential_id(&response);
+    let cose = cbor::decode(&h.store.credentials[0].public_key_cose).expect("cose");
+    assert_eq!(cose.map_get_int(1), Some(&Value::Unsigned(1)), "OKP");
+    assert_eq!(cose.map_get_int(-1), Some(&Value::Unsigned(6)), "Ed25519");
+    let public = cose
+        .map_get_int(-2)
+        .and_then(Value::as_bytes)
+        .expect("x")
+        .to_vec();
+    let response = ga(&mut h, get_assertion_params("example.com", &[&id])).expect("ga");
+    let data = response
+        .map_get_int(2)
+        .and_then(Value::as_bytes)
+        .expect("authData");
+    let sig = response
+        .map_get_int(3)
+        .and_then(Value::as_bytes)
+        .expect("sig");
+    assert_eq!(sig.len(), 64);
+    UnparsedPublicKey::new(&ED25519, &public)
+        .verify(&[data, &CLIENT_DATA_HASH].concat(), sig)
+        .expect("Ed25519 signature verifies");
+}

@@ -277,7 +277,7 @@ pub struct StoredCredential {
     pub alg: i64,
     /// The canonical COSE_Key of the public key.
     pub public_key_cose: Vec<u8>,
-    /// `KeyProtection::seal(id, private key bytes)`: PKCS#8 for ES256, the 32-byte seed for EdDSA.
+    /// `KeyProtection::seal(id, private key)`: the key as PKCS#8 DER (ES256 and EdDSA alike).
     pub sealed_private_key: Vec<u8>,
     /// hmac-secret: sealed CredRandomWithUV ‖ CredRandomWithoutUV (64 bytes).
     pub sealed_cred_random: Option<Vec<u8>>,

@@ -22,7 +22,7 @@ impl Authenticator {
             .as_ref()
             .is_some_and(Vec::is_empty)
         {
-            return Err(self.pin_probe(ctx, PresenceKind::GetAssertion, &request.rp_id));
+            return Err(self.pin_probe(ctx, &request.rp_id));
         }
         let protocol = match &request.pin_uv_auth_param {
             Some(_) => Some(PinUvAuthProtocol::required(request.pin_uv_auth_protocol)?),

@@ -169,15 +169,10 @@ impl Authenticator {
     }
 
     /// The legacy "touch to select" of a zero-length pinUvAuthParam (§6.1.2 step 1).
-    pub(crate) fn pin_probe(
-        &mut self,
-        ctx: &mut Context<'_>,
-        kind: PresenceKind,
-        rp_id: &str,
-    ) -> StatusCode {
+    pub(crate) fn pin_probe(&mut self, ctx: &mut Context<'_>, rp_id: &str) -> StatusCode {
         let request = PresenceRequest {
             rp_id: Some(rp_id.to_owned()),
-            kind,
+            kind: PresenceKind::PinUvAuthProbe,
         };
         if let Err(status) = ctx.presence.confirm(&request) {
             return status;

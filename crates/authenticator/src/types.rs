@@ -124,9 +124,13 @@ pub enum PresenceKind {
     GetAssertion,
     Reset,
     Selection,
-    /// The legacy "touch to select" of a zero-length pinUvAuthParam.
+    /// The legacy "touch to select" of a zero-length pinUvAuthParam: the platform asks which
+    /// key to use; nothing is created or signed.
     PinUvAuthProbe,
+    /// Reserved: credentialManagement and authenticatorConfig are authorised by a PIN token and
+    /// do not ask for presence today.
     CredentialManagement,
+    /// Reserved, as `CredentialManagement`.
     Config,
 }
 

@@ -188,6 +188,8 @@ fn zero_length_pin_uv_auth_param_is_a_touch_probe() {
         Some(StatusCode::PinNotSet)
     );
     assert_eq!(h.presence.requests.len(), 1);
+    assert_eq!(h.presence.requests[0].kind, PresenceKind::PinUvAuthProbe);
+    assert!(h.store.credentials.is_empty());
     h.set_pin("1234", 2).expect("setPIN");
     assert_eq!(mc(&mut h, params).err(), Some(StatusCode::PinInvalid));
 }

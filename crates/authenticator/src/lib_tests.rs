@@ -293,3 +293,12 @@ fn debug_output_hides_secrets() {
     h.set_pin("1234", 2).expect("setPIN");
     assert!(!format!("{:?}", h.auth).contains("token"));
 }
+
+#[test]
+fn the_engine_can_move_between_threads() {
+    // The server keeps one Authenticator per connected key and runs it on a worker thread.
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<crate::Authenticator>();
+    assert_send_sync::<crate::memory::MemoryStore>();
+    assert_send_sync::<crate::memory::TestProtection>();
+}

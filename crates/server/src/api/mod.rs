@@ -6,6 +6,7 @@
 //! satisfy, so a route added outside the table cannot run as anyone. Objects are always looked up
 //! with the caller's organisation, so another organisation's ids answer 404.
 
+mod admins;
 mod audit;
 mod auth_routes;
 mod keys;
@@ -73,6 +74,10 @@ pub enum Permission {
     UseKeys,
     /// Organisation settings such as directory connections: owners only.
     ManageSettings,
+    /// See the organisation's admins: everyone but helpdesk.
+    ViewAdmins,
+    /// Add admins, change roles, disable admins: owners only.
+    ManageAdmins,
 }
 
 impl Permission {
@@ -85,7 +90,8 @@ impl Permission {
             Permission::ManageUsers | Permission::UseKeys => matches!(role, Owner | Admin),
             Permission::IssueActivation => matches!(role, Owner | Admin | Helpdesk),
             Permission::ViewAudit => matches!(role, Owner | Admin | Auditor),
-            Permission::ManageSettings => matches!(role, Owner),
+            Permission::ManageSettings | Permission::ManageAdmins => matches!(role, Owner),
+            Permission::ViewAdmins => matches!(role, Owner | Admin | Auditor),
         }
     }
 }
@@ -132,6 +138,9 @@ pub fn routes() -> Vec<RouteSpec> {
         route(Method::POST, "/keys/{id}/revoke", ManageUsers, post(keys::revoke)),
         route(Method::POST, "/keys/{id}/ctap", UseKeys, post(keys::ctap)),
         route(Method::GET, "/audit", ViewAudit, get(audit::list)),
+        route(Method::GET, "/admins", ViewAdmins, get(admins::list)),
+        route(Method::POST, "/admins", ManageAdmins, post(admins::create)),
+        route(Method::PATCH, "/admins/{id}", ManageAdmins, patch(admins::update)),
         route(Method::GET, "/jobs/{id}", ViewUsers, get(crate::jobs::api::get_job)),
         route(Method::GET, "/jobs/{id}/events", ViewUsers, get(crate::jobs::api::events)),
         route(Method::POST, "/jobs/{id}/retry", ManageUsers, post(crate::jobs::api::retry)),
@@ -282,6 +291,7 @@ pub(crate) fn decode_cursor(c: &str) -> Result<String, ApiError> {
         keys::credentials, keys::assign_one, keys::assign_many, keys::get_one, keys::suspend,
         keys::resume, keys::revoke, keys::ctap,
         audit::list,
+        admins::list, admins::create, admins::update,
         crate::jobs::api::get_job, crate::jobs::api::events, crate::jobs::api::retry, crate::jobs::api::cancel,
         crate::directories::api::list, crate::directories::api::create, crate::directories::api::import,
         crate::directories::api::test, crate::provisioning::api::start, crate::provisioning::api::reveal_tap,

@@ -7,6 +7,7 @@
 //! runs the CTAP2 engine and sends the answer. Keepalives and answers are both sent with the lock
 //! held, so a keepalive can never follow the answer to the same request.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -18,6 +19,8 @@ use keyward_ctap::status::StatusCode;
 
 /// How often the receive loop wakes up without traffic to run timers.
 const TICK: Duration = Duration::from_millis(20);
+/// How many channels' sender addresses are remembered.
+const MAX_TRACKED_CHANNELS: usize = 1024;
 /// Interval between KEEPALIVE reports (CTAP 2.1 §11.2.9.1.7 asks for about 100 ms).
 pub const KEEPALIVE_INTERVAL_MS: u64 = 100;
 
@@ -70,6 +73,11 @@ pub fn capabilities() -> Capabilities {
     }
 }
 
+/// The channel id at the start of every report.
+fn channel_of(report: &[u8]) -> u32 {
+    u32::from_be_bytes([report[0], report[1], report[2], report[3]])
+}
+
 fn send(socket: &UdpSocket, report: &[u8; REPORT_SIZE], peer: SocketAddr) {
     if let Err(e) = socket.send_to(report, peer) {
         tracing::debug!(%peer, error = %e, "could not send a report");
@@ -104,11 +112,17 @@ pub fn serve(
     // One byte more than a report, so an oversized datagram shows up as such instead of being
     // silently truncated to 64 bytes.
     let mut buffer = [0u8; REPORT_SIZE + 1];
-    let mut last_peer: Option<SocketAddr> = None;
+    // Which address each channel was last heard from, so that an error raised later by a timer
+    // (MSG_TIMEOUT) reaches the host whose message timed out. Bounded: a host allocating
+    // channels without end only flushes the table.
+    let mut peers: HashMap<u32, SocketAddr> = HashMap::new();
     while !signals.stop.load(Ordering::Relaxed) {
         match socket.recv_from(&mut buffer) {
             Ok((REPORT_SIZE, peer)) => {
-                last_peer = Some(peer);
+                if peers.len() >= MAX_TRACKED_CHANNELS {
+                    peers.clear();
+                }
+                peers.insert(channel_of(&buffer), peer);
                 let mut link = lock(&link);
                 let now = now_ms();
                 let events = link.device.handle_report(now, &buffer[..REPORT_SIZE]);
@@ -152,8 +166,10 @@ pub fn serve(
         let mut link = lock(&link);
         let now = now_ms();
         for event in link.device.poll(now) {
-            if let (HidEvent::Send(report), Some(peer)) = (event, last_peer) {
-                send(&socket, &report, peer);
+            if let HidEvent::Send(report) = event
+                && let Some(peer) = peers.get(&channel_of(&report))
+            {
+                send(&socket, &report, *peer);
             }
         }
         if let (Some(cid), Some(peer)) = (link.device.pending(), link.request_peer)

@@ -197,3 +197,22 @@ def new_tool(keyward, tmp_path):
     yield factory
     for tool in tools:
         tool.stop()
+
+
+@pytest.fixture
+def user_tool(keyward, tmp_path):
+    """Alice's own pairing tool, activated with a one-time code and running."""
+    server, api, _, user = keyward
+    status, activation = api.call("POST", f"/users/{user['id']}/activation")
+    assert status == 201, activation
+    tool = PairTool(tmp_path / "pair-alice", server.base)
+    done = tool.cmd("activate", "--server", server.base, "--code", activation["code"])
+    assert done.returncode == 0, done.stderr
+    again = PairTool(tmp_path / "pair-again", server.base).cmd(
+        "activate", "--server", server.base, "--code", activation["code"])
+    assert again.returncode != 0 and "activation code" in again.stderr, "codes are single-use"
+    assert activation["code"] not in again.stderr
+    tool.run()
+    tool.wait_for("key ", timeout=5.0)
+    yield tool
+    tool.stop()

@@ -190,6 +190,8 @@ pub async fn run(
     let local = tcp.local_addr().map_err(|e| ServeError::Bind(config.listen, e))?;
     let tls = !config.is_loopback() || config.tls_cert.is_some();
     let app = app(state.clone());
+    // Imports and provisioning resume here after a restart; dropped with the server.
+    let jobs = crate::jobs::start(&state, std::future::pending());
     let result = if tls {
         let acceptor = TlsAcceptor::from(tls_config(&config)?);
         ready(&format!("https://{local}"));
@@ -203,6 +205,7 @@ pub async fn run(
             .with_graceful_shutdown(shutdown)
             .await
     };
+    jobs.abort();
     state.store.close().await;
     result.map_err(|e| ServeError::Bind(local, e))
 }

@@ -447,11 +447,18 @@ impl JobRunner {
 /// Starts the runner a server needs: imports always, provisioning when key operations are
 /// available. On SQLite the server is the only process, so leases of a crashed run are dropped
 /// at once and its jobs resume immediately.
+///
+/// Provisioning gets its own [`KeyOps`] over the same store and vault: the row lock taken by every
+/// key operation (`BEGIN IMMEDIATE` / `FOR UPDATE`) serialises it with the API's instance.
 pub fn start(
     state: &AppState,
-    keyops: Option<Arc<KeyOps>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
+    let keyops = Some(Arc::new(KeyOps::new(
+        state.store.clone(),
+        state.vault.clone(),
+        keyward_authenticator::Config::new(state.aaguid),
+    )));
     let cfg = RunnerConfig {
         single_process: state.store.backend() == keyward_store::Backend::Sqlite,
         ..RunnerConfig::default()

@@ -234,7 +234,7 @@ def test_strict_python_decoder_accepts_every_response(ctap2: Ctap2):
     # Ctap2 is strict by default: it raises on any response that is not canonical CBOR. Run the
     # commands with the richest responses through it.
     made, _ = make_credential(ctap2, rk=True, extensions={"credProtect": 2, "credBlob": b"blob"})
-    get_assertion(ctap2, [descriptor(made)], extensions={"getCredBlob": True})
+    get_assertion(ctap2, [descriptor(made)], extensions={"credBlob": True})
     ctap2.get_info()
     assert isinstance(raw(ctap2, b"\x04"), bytes)
 

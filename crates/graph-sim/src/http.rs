@@ -207,14 +207,33 @@ async fn graph_layer(State(sim): State<Simulator>, req: Request, next: Next) -> 
                         *req.method(),
                         Method::POST | Method::PATCH | Method::DELETE | Method::PUT
                     ) && !req.uri().path().ends_with("/checkMemberGroups");
+                    let cost =
+                        resource_cost(is_write, req.uri().path(), req.uri().query().unwrap_or(""));
+                    let spent = sim.data().spend_units(now, cost);
                     let wait = if is_write {
                         sim.data().spend_write(now)
                     } else {
                         None
                     };
-                    match wait {
-                        Some(secs) => throttled(&sim, secs, "WriteLimitExceeded", "Write"),
-                        None => next.run(req).await,
+                    match (spent, wait) {
+                        (Err(secs), _) => {
+                            throttled(&sim, secs, "ResourceUnitLimitExceeded", "ReadWrite")
+                        }
+                        (Ok(_), Some(secs)) => throttled(&sim, secs, "WriteLimitExceeded", "Write"),
+                        (Ok(used), None) => {
+                            let mut resp = next.run(req).await;
+                            let h = resp.headers_mut();
+                            if let Ok(v) = HeaderValue::from_str(&cost.to_string()) {
+                                h.insert("x-ms-resource-unit", v);
+                            }
+                            // Graph announces the fraction of the limit once above 80%.
+                            if used > 0.8
+                                && let Ok(v) = HeaderValue::from_str(&format!("{used:.1}"))
+                            {
+                                h.insert("x-ms-throttle-limit-percentage", v);
+                            }
+                            resp
+                        }
                     }
                 }
             }
@@ -244,6 +263,40 @@ async fn graph_layer(State(sim): State<Simulator>, req: Request, next: Next) -> 
     resp
 }
 
+/// Graph's documented resource-unit cost of a request (identity and access limits).
+fn resource_cost(is_write: bool, path: &str, query: &str) -> u32 {
+    if is_write {
+        return 1;
+    }
+    let base: i32 = if path.ends_with("/users") || path.ends_with("/users/delta") {
+        2
+    } else if path.contains("/transitiveMembers") {
+        5
+    } else if path.contains("/members") {
+        3
+    } else {
+        1
+    };
+    let mut cost = base;
+    if query.contains("$select=") || query.contains("%24select=") {
+        cost -= 1;
+    }
+    if query.contains("$expand=") || query.contains("%24expand=") {
+        cost += 1;
+    }
+    let top = query
+        .split('&')
+        .find_map(|kv| {
+            kv.strip_prefix("$top=")
+                .or_else(|| kv.strip_prefix("%24top="))
+        })
+        .and_then(|v| v.parse::<u32>().ok());
+    if top.is_some_and(|t| t < 20) {
+        cost -= 1;
+    }
+    cost.max(1) as u32
+}
+
 fn throttled(sim: &Simulator, retry_after: u64, information: &'static str, kind: &str) -> Response {
     let cfg = sim.config();
     let mut e = GraphError::new(
@@ -265,4 +318,37 @@ fn throttled(sim: &Simulator, retry_after: u64, information: &'static str, kind:
         HeaderValue::from_static(information),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resource_cost;
+
+    #[test]
+    fn resource_costs_follow_graph() {
+        assert_eq!(resource_cost(false, "/users", ""), 2);
+        assert_eq!(resource_cost(false, "/users", "$select=id&$top=999"), 1);
+        assert_eq!(
+            resource_cost(
+                false,
+                "/groups/g/transitiveMembers/microsoft.graph.user",
+                "$select=id"
+            ),
+            4
+        );
+        assert_eq!(resource_cost(false, "/groups/g/members", "$top=5"), 2);
+        assert_eq!(
+            resource_cost(
+                false,
+                "/users/u/authentication/fido2Methods",
+                "$top=5&$select=id"
+            ),
+            1,
+            "minimum 1"
+        );
+        assert_eq!(
+            resource_cost(true, "/users/u/authentication/fido2Methods", ""),
+            1
+        );
+    }
 }

@@ -53,6 +53,9 @@ pub struct SimConfig {
     /// Graph's identity write limit per app and tenant: 3,000 per 150 s.
     pub write_limit: u32,
     pub write_window: Duration,
+    /// Resource units per 10 s per app and tenant; `None` takes Graph's figure for the tenant's
+    /// size (3,500 under 50 users, 5,000 up to 500, 8,000 above).
+    pub read_limit: Option<u32>,
     pub token_lifetime: Duration,
     pub policy: Fido2Policy,
     /// DER certificates trusted as attestation roots when the policy enforces attestation (the
@@ -75,6 +78,7 @@ impl Default for SimConfig {
             consenting_admin: "admin@contoso.example".into(),
             write_limit: 3000,
             write_window: Duration::from_secs(150),
+            read_limit: None,
             token_lifetime: Duration::from_secs(3599),
             policy: Fido2Policy::default(),
             attestation_roots: Vec::new(),

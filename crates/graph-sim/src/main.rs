@@ -41,6 +41,9 @@ struct Args {
     write_limit: u32,
     #[arg(long, default_value_t = 150)]
     write_window_secs: u64,
+    /// Resource units per 10 s (default: Graph's figure for the tenant size).
+    #[arg(long)]
+    read_limit: Option<u32>,
     /// Access token lifetime in seconds.
     #[arg(long, default_value_t = 3599)]
     token_lifetime_secs: u64,
@@ -96,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
     config.write_limit = args.write_limit;
     config.write_window = Duration::from_secs(args.write_window_secs);
     config.token_lifetime = Duration::from_secs(args.token_lifetime_secs);
+    config.read_limit = args.read_limit;
     config.policy.is_attestation_enforced = args.enforce_attestation;
     let (tenant, client) = (config.tenant_id.clone(), config.client_id.clone());
     let sim = spawn_on(args.listen, config)

@@ -185,6 +185,10 @@ pub struct Data {
     pub writes: VecDeque<Instant>,
     pub write_limit: u32,
     pub write_window: Duration,
+    /// Resource units spent in the last 10 s: (when, cost).
+    pub reads: VecDeque<(Instant, u32)>,
+    pub read_units: u32,
+    pub read_limit: u32,
     pub policy: Fido2Policy,
     pub consenting_admin: String,
     pub used_challenges: HashSet<Vec<u8>>,
@@ -293,6 +297,14 @@ impl Data {
             forbid: false,
             writes: VecDeque::new(),
             write_limit: config.write_limit,
+            reads: VecDeque::new(),
+            read_units: 0,
+            // Graph's identity limit per app and tenant scales with tenant size.
+            read_limit: config.read_limit.unwrap_or(match config.users {
+                0..50 => 3_500,
+                50..=500 => 5_000,
+                _ => 8_000,
+            }),
             write_window: config.write_window,
             policy: config.policy.clone(),
             consenting_admin: config.consenting_admin.to_lowercase(),
@@ -448,6 +460,26 @@ impl Data {
             })
         };
         hit(&self.policy.include_targets) && !hit(&self.policy.exclude_targets)
+    }
+
+    /// Spends `cost` resource units of the 10-second budget. Ok(fraction of the limit now used),
+    /// or Err(seconds to wait) when the budget is exhausted.
+    pub fn spend_units(&mut self, now: Instant, cost: u32) -> Result<f64, u64> {
+        const WINDOW: Duration = Duration::from_secs(10);
+        while let Some((t, c)) = self.reads.front().copied()
+            && now.duration_since(t) >= WINDOW
+        {
+            self.reads.pop_front();
+            self.read_units -= c;
+        }
+        if self.read_units + cost > self.read_limit {
+            let oldest = self.reads.front().map_or(now, |(t, _)| *t);
+            let wait = WINDOW.saturating_sub(now.duration_since(oldest));
+            return Err(wait.as_secs_f64().ceil().max(1.0) as u64);
+        }
+        self.reads.push_back((now, cost));
+        self.read_units += cost;
+        Ok(f64::from(self.read_units) / f64::from(self.read_limit.max(1)))
     }
 
     /// Records a write against the app+tenant write budget; returns the seconds to wait if over it.

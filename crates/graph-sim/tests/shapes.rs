@@ -336,3 +336,56 @@ fn binary_prints_its_address() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn read_budget_is_in_resource_units() {
+    let sim = spawn(SimConfig {
+        users: 5,
+        read_limit: Some(3),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("binds");
+    let cfg = sim.control.simulator().config().clone();
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!("{}/{}/oauth2/v2.0/token", sim.url(), cfg.tenant_id))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", cfg.client_id.as_str()),
+            ("client_secret", cfg.client_secret.as_str()),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ])
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let token = token["access_token"].as_str().expect("token").to_string();
+    let get = || {
+        http.get(format!("{}/v1.0/users?$select=id", sim.url()))
+            .bearer_auth(&token)
+            .send()
+    };
+    for i in 0..3 {
+        let resp = get().await.expect("sent");
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(resp.headers()["x-ms-resource-unit"], "1");
+        if i == 2 {
+            assert_eq!(resp.headers()["x-ms-throttle-limit-percentage"], "1.0");
+        }
+    }
+    let resp = get().await.expect("sent");
+    assert_eq!(resp.status(), 429);
+    assert_eq!(
+        resp.headers()["x-ms-throttle-information"],
+        "ResourceUnitLimitExceeded"
+    );
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("secs");
+    assert!((1..=10).contains(&wait), "{wait}");
+}

@@ -328,7 +328,7 @@ impl KeyOps {
         let mut tx_store =
             TxStore::new(handle, self.store.clone(), tx, rec, actor, via_for(&policy));
 
-        let (volatile, tx_store, response) = tokio::task::spawn_blocking(move || {
+        let engine = move || {
             let mut volatile = volatile;
             let mut env = env;
             let authenticator =
@@ -343,9 +343,24 @@ impl KeyOps {
             };
             let response = authenticator.process(&mut ctx, &request);
             (volatile, tx_store, response)
-        })
-        .await
-        .map_err(|e| KeyOpsError::Internal(format!("key operation aborted: {e}")))?;
+        };
+        // The engine is synchronous and blocks on each database call. On a multi-threaded runtime
+        // it runs in place (the worker hands its other tasks off), which saves a thread hop per
+        // operation; a current-thread runtime cannot block in place, so it goes to the blocking
+        // pool there. A panic in the engine becomes an error, not a dead connection.
+        let aborted = |_| KeyOpsError::Internal("key operation aborted".into());
+        let (volatile, tx_store, response) = if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            tokio::task::block_in_place(|| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(engine))
+            })
+            .map_err(aborted)?
+        } else {
+            tokio::task::spawn_blocking(engine)
+                .await
+                .map_err(|e| KeyOpsError::Internal(format!("key operation aborted: {e}")))?
+        };
 
         let (tx, effects, failure) = tx_store.into_parts();
         if let Some(e) = failure {

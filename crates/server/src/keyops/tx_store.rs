@@ -35,6 +35,9 @@ pub(super) struct TxStore {
     tx: Option<KeyTx>,
     /// The key row as last read or written in this operation.
     rec: SecurityKeyRecord,
+    /// Whether `rec` is known to match the row: true while this transaction holds the row lock
+    /// (nobody else can write it, and our own writes update `rec`), false after re-locking.
+    rec_fresh: bool,
     actor: String,
     via: &'static str,
     pub(super) effects: Effects,
@@ -73,6 +76,7 @@ impl TxStore {
             key_id: rec.id,
             tx: Some(tx),
             rec,
+            rec_fresh: true,
             actor: actor.to_owned(),
             via,
             effects: Effects::default(),
@@ -193,10 +197,11 @@ fn record_from_stored(c: &StoredCredential, actor: &str, via: &str) -> Credentia
 
 impl keyward_authenticator::Store for TxStore {
     fn load_state(&mut self) -> Result<KeyState, StoreError> {
-        let rec = on_tx!(self, tx => tx.key())?;
-        let state = state_from_record(&rec).map_err(|what| self.corrupt(what))?;
-        self.rec = rec;
-        Ok(state)
+        if !self.rec_fresh {
+            self.rec = on_tx!(self, tx => tx.key())?;
+            self.rec_fresh = true;
+        }
+        state_from_record(&self.rec).map_err(|what| self.corrupt(what))
     }
 
     fn save_state(&mut self, state: &KeyState) -> Result<(), StoreError> {
@@ -234,6 +239,7 @@ impl keyward_authenticator::Store for TxStore {
             .handle
             .block_on(self.store.begin_key(self.org_id, self.key_id));
         self.tx = Some(reopened.map_err(|e| self.fail(e))?);
+        self.rec_fresh = false;
         self.effects.pin_retry_spent = true;
         self.load_state()
     }

@@ -19,7 +19,10 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::protocol::{ActivateRequest, DeviceRegistered, ErrorCode, Principal as WirePrincipal, RegisterDeviceRequest, SessionMode};
+use super::protocol::{
+    ActivateRequest, DeviceRegistered, ErrorCode, Principal as WirePrincipal,
+    RegisterDeviceRequest, SessionMode,
+};
 use super::{Attached, RelayHub};
 use crate::api::{AppState, IdPath, Json};
 use crate::auth::{Principal, secret_hash};
@@ -30,13 +33,17 @@ fn check_public_key(k: &[u8]) -> Result<(), ApiError> {
     if k.len() == 65 && k[0] == 0x04 {
         Ok(())
     } else {
-        Err(ApiError::BadRequest("public_key must be an uncompressed P-256 point (65 bytes, base64url)".into()))
+        Err(ApiError::BadRequest(
+            "public_key must be an uncompressed P-256 point (65 bytes, base64url)".into(),
+        ))
     }
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
     if name.trim().is_empty() || name.len() > 200 {
-        return Err(ApiError::BadRequest("name must be 1 to 200 characters".into()));
+        return Err(ApiError::BadRequest(
+            "name must be 1 to 200 characters".into(),
+        ));
     }
     Ok(())
 }
@@ -50,12 +57,34 @@ pub async fn register_device(
     check_public_key(&req.public_key)?;
     check_name(&req.name)?;
     let mut tx = s.store.begin().await?;
-    let dev = tx.insert_pair_device(p.org_id, DeviceOwner::Admin(p.admin_id), req.name.trim(), &req.public_key).await?;
-    tx.append_audit(p.org_id, &p.actor(), "pair.device_registered", &format!("device:{}", dev.id), json!({"name": dev.name}))
+    let dev = tx
+        .insert_pair_device(
+            p.org_id,
+            DeviceOwner::Admin(p.admin_id),
+            req.name.trim(),
+            &req.public_key,
+        )
         .await?;
+    tx.append_audit(
+        p.org_id,
+        &p.actor(),
+        "pair.device_registered",
+        &format!("device:{}", dev.id),
+        json!({"name": dev.name}),
+    )
+    .await?;
     tx.commit().await?;
-    let principal = WirePrincipal::Admin { id: p.admin_id.to_string(), email: p.email.clone() };
-    Ok((StatusCode::CREATED, axum::Json(DeviceRegistered { device_id: dev.id.to_string(), principal })))
+    let principal = WirePrincipal::Admin {
+        id: p.admin_id.to_string(),
+        email: p.email.clone(),
+    };
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(DeviceRegistered {
+            device_id: dev.id.to_string(),
+            principal,
+        }),
+    ))
 }
 
 /// Registers a user's pairing tool with a one-time activation code (`keyward-pair activate`).
@@ -68,23 +97,56 @@ pub async fn activate(
     check_name(&req.name)?;
     let code = req.code.trim().to_ascii_uppercase();
     let mut tx = hub.store.begin().await?;
-    let Some((org_id, user_id)) = tx.redeem_activation_code(&secret_hash(&code), keyward_store::now()).await? else {
+    let Some((org_id, user_id)) = tx
+        .redeem_activation_code(&secret_hash(&code), keyward_store::now())
+        .await?
+    else {
         return Err(gone());
     };
     let user = tx.user(org_id, user_id).await?.ok_or_else(gone)?;
     if user.status == "disabled" {
         return Err(gone());
     }
-    let dev = tx.insert_pair_device(org_id, DeviceOwner::User(user_id), req.name.trim(), &req.public_key).await?;
+    let dev = tx
+        .insert_pair_device(
+            org_id,
+            DeviceOwner::User(user_id),
+            req.name.trim(),
+            &req.public_key,
+        )
+        .await?;
     if user.status == "assigned" {
-        tx.update_user(org_id, user_id, &UserPatch { status: Some("active".into()), ..Default::default() }).await?;
+        tx.update_user(
+            org_id,
+            user_id,
+            &UserPatch {
+                status: Some("active".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
     }
     let actor = format!("user:{}", user.upn);
-    tx.append_audit(org_id, &actor, "pair.activated", &format!("device:{}", dev.id), json!({"user_id": user_id, "name": dev.name}))
-        .await?;
+    tx.append_audit(
+        org_id,
+        &actor,
+        "pair.activated",
+        &format!("device:{}", dev.id),
+        json!({"user_id": user_id, "name": dev.name}),
+    )
+    .await?;
     tx.commit().await?;
-    let principal = WirePrincipal::User { id: user_id.to_string(), upn: user.upn };
-    Ok((StatusCode::CREATED, axum::Json(DeviceRegistered { device_id: dev.id.to_string(), principal })))
+    let principal = WirePrincipal::User {
+        id: user_id.to_string(),
+        upn: user.upn,
+    };
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(DeviceRegistered {
+            device_id: dev.id.to_string(),
+            principal,
+        }),
+    ))
 }
 
 fn gone() -> ApiError {
@@ -105,20 +167,40 @@ pub async fn connect(
     Extension(hub): Extension<Arc<RelayHub>>,
     IdPath(user_id): IdPath,
 ) -> ApiResult<(StatusCode, axum::Json<ConnectSession>)> {
-    let user = s.store.user(p.org_id, user_id).await?.ok_or(ApiError::NotFound)?;
+    let user = s
+        .store
+        .user(p.org_id, user_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if user.status == "disabled" {
         return Err(ApiError::Conflict("the user is disabled".into()));
     }
-    let key = s.store.key_for_user(p.org_id, user_id).await?.ok_or_else(|| ApiError::Conflict("the user has no security key".into()))?;
+    let key = s
+        .store
+        .key_for_user(p.org_id, user_id)
+        .await?
+        .ok_or_else(|| ApiError::Conflict("the user has no security key".into()))?;
     if key.status != "active" {
         return Err(ApiError::Conflict("the user's key is not active".into()));
     }
     let device_id = hub
         .online_device_of_admin(p.org_id, p.admin_id)
-        .ok_or_else(|| ApiError::Conflict("your keyward-pair is not connected: run `keyward-pair run` first".into()))?;
-    let ttl = chrono::Duration::from_std(hub.delegated_ttl).unwrap_or_else(|_| chrono::Duration::minutes(15));
+        .ok_or_else(|| {
+            ApiError::Conflict(
+                "your keyward-pair is not connected: run `keyward-pair run` first".into(),
+            )
+        })?;
+    let ttl = chrono::Duration::from_std(hub.delegated_ttl)
+        .unwrap_or_else(|_| chrono::Duration::minutes(15));
     let expires_at = keyward_store::now() + ttl;
-    let new = NewDelegatedSession { org_id: p.org_id, admin_id: p.admin_id, user_id, key_id: key.id, device_id, expires_at };
+    let new = NewDelegatedSession {
+        org_id: p.org_id,
+        admin_id: p.admin_id,
+        user_id,
+        key_id: key.id,
+        device_id,
+        expires_at,
+    };
     let mut tx = s.store.begin().await?;
     let (session, replaced) = tx.insert_delegated_session(&new).await?;
     tx.append_audit(
@@ -142,9 +224,16 @@ pub async fn connect(
         registration_only: true,
         expires_at: Some(expires_at),
     };
-    hub.attach(device_id, attached, SessionMode::Delegated).await;
+    hub.attach(device_id, attached, SessionMode::Delegated)
+        .await;
     hub.schedule_expiry(p.org_id, device_id, session.id, expires_at);
-    Ok((StatusCode::CREATED, axum::Json(ConnectSession { session_id: session.id, expires_at })))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(ConnectSession {
+            session_id: session.id,
+            expires_at,
+        }),
+    ))
 }
 
 /// Ends the delegated sessions on a user's key; the key disappears from the tool at once.
@@ -154,9 +243,14 @@ pub async fn disconnect(
     Extension(hub): Extension<Arc<RelayHub>>,
     IdPath(user_id): IdPath,
 ) -> ApiResult<StatusCode> {
-    s.store.user(p.org_id, user_id).await?.ok_or(ApiError::NotFound)?;
+    s.store
+        .user(p.org_id, user_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let mut tx = s.store.begin().await?;
-    let ended = tx.end_delegated_sessions_of_user(p.org_id, user_id, "disconnected").await?;
+    let ended = tx
+        .end_delegated_sessions_of_user(p.org_id, user_id, "disconnected")
+        .await?;
     if !ended.is_empty() {
         tx.append_audit(
             p.org_id,
@@ -175,9 +269,16 @@ pub async fn disconnect(
 }
 
 /// Ends an admin's delegated sessions; call it from admin logout (and when disabling an admin).
-pub async fn end_admin_sessions(hub: &RelayHub, org_id: Uuid, admin_id: Uuid, reason: &str) -> Result<(), StoreError> {
+pub async fn end_admin_sessions(
+    hub: &RelayHub,
+    org_id: Uuid,
+    admin_id: Uuid,
+    reason: &str,
+) -> Result<(), StoreError> {
     let mut tx = hub.store.begin().await?;
-    let ended = tx.end_delegated_sessions_of_admin(org_id, admin_id, reason).await?;
+    let ended = tx
+        .end_delegated_sessions_of_admin(org_id, admin_id, reason)
+        .await?;
     tx.commit().await?;
     for r in &ended {
         hub.detach(r.device_id, r.id, reason);
@@ -186,11 +287,22 @@ pub async fn end_admin_sessions(hub: &RelayHub, org_id: Uuid, admin_id: Uuid, re
 }
 
 /// Revokes a device (logout, or an admin's revocation), ending its sessions and its connection.
-pub async fn revoke_device(hub: &RelayHub, org_id: Uuid, device_id: Uuid, reason: &str) -> Result<(), StoreError> {
+pub async fn revoke_device(
+    hub: &RelayHub,
+    org_id: Uuid,
+    device_id: Uuid,
+    reason: &str,
+) -> Result<(), StoreError> {
     let mut tx = hub.store.begin().await?;
     if tx.revoke_pair_device(org_id, device_id).await? {
-        tx.append_audit(org_id, "system", "pair.device_revoked", &format!("device:{device_id}"), json!({"reason": reason}))
-            .await?;
+        tx.append_audit(
+            org_id,
+            "system",
+            "pair.device_revoked",
+            &format!("device:{device_id}"),
+            json!({"reason": reason}),
+        )
+        .await?;
     }
     tx.commit().await?;
     if reason != "device logged out" {

@@ -32,7 +32,9 @@ use keyward_store::{DeviceOwner, PairDeviceRecord, Store};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use protocol::{ClientMessage, ErrorCode, NONCE_LEN, PROTOCOL_VERSION, Principal, ServerMessage, SessionMode};
+use protocol::{
+    ClientMessage, ErrorCode, NONCE_LEN, PROTOCOL_VERSION, Principal, ServerMessage, SessionMode,
+};
 
 /// Delegated sessions last this long unless configured otherwise (design.md invariant 1).
 pub const DEFAULT_DELEGATED_TTL: Duration = Duration::from_secs(15 * 60);
@@ -64,9 +66,14 @@ impl RelayKeys for crate::keyops::KeyOps {
         registration_only: bool,
         request: Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + 'a>> {
-        let policy = keyward_authenticator::Policy { registration_only, ..Default::default() };
+        let policy = keyward_authenticator::Policy {
+            registration_only,
+            ..Default::default()
+        };
         Box::pin(async move {
-            crate::keyops::KeyOps::ctap(self, org_id, key_id, actor, policy, request).await.map_err(|e| e.to_string())
+            crate::keyops::KeyOps::ctap(self, org_id, key_id, actor, policy, request)
+                .await
+                .map_err(|e| e.to_string())
         })
     }
 
@@ -152,7 +159,9 @@ impl RelayHub {
         let key_id = attached.key_id;
         {
             let mut conns = self.conns();
-            let Some(c) = conns.get_mut(&device_id) else { return false };
+            let Some(c) = conns.get_mut(&device_id) else {
+                return false;
+            };
             c.attached = Some(attached);
             let _ = c.tx.send(Outbound::Send(msg));
         }
@@ -164,7 +173,9 @@ impl RelayHub {
     pub fn detach(&self, device_id: Uuid, session_id: Uuid, reason: &str) {
         let mut conns = self.conns();
         if let Some(c) = conns.get_mut(&device_id)
-            && c.attached.as_ref().is_some_and(|a| a.session_id == session_id)
+            && c.attached
+                .as_ref()
+                .is_some_and(|a| a.session_id == session_id)
         {
             c.attached = None;
             let _ = c.tx.send(Outbound::Send(ServerMessage::Detach {
@@ -177,19 +188,30 @@ impl RelayHub {
     /// Closes a device's connection (revocation, logout).
     pub fn disconnect_device(&self, device_id: Uuid, code: ErrorCode, message: &str) {
         if let Some(c) = self.conns().remove(&device_id) {
-            let _ = c.tx.send(Outbound::Close(ServerMessage::Error { code, message: message.to_owned() }));
+            let _ = c.tx.send(Outbound::Close(ServerMessage::Error {
+                code,
+                message: message.to_owned(),
+            }));
         }
     }
 
     /// Ends a delegated session when it expires, unless it ended before.
-    fn schedule_expiry(self: &Arc<Self>, org_id: Uuid, device_id: Uuid, session_id: Uuid, at: DateTime<Utc>) {
+    fn schedule_expiry(
+        self: &Arc<Self>,
+        org_id: Uuid,
+        device_id: Uuid,
+        session_id: Uuid,
+        at: DateTime<Utc>,
+    ) {
         let hub = Arc::clone(self);
         tokio::spawn(async move {
             let wait = (at - Utc::now()).to_std().unwrap_or_default();
             tokio::time::sleep(wait).await;
             hub.detach(device_id, session_id, "expired");
             if let Ok(mut tx) = hub.store.begin().await
-                && let Ok(ended) = tx.end_delegated_session(org_id, session_id, "expired").await
+                && let Ok(ended) = tx
+                    .end_delegated_session(org_id, session_id, "expired")
+                    .await
                 && !ended.is_empty()
             {
                 let _ = tx
@@ -218,11 +240,12 @@ pub fn router(hub: Arc<RelayHub>) -> Router {
 }
 
 async fn ws_upgrade(State(hub): State<Arc<RelayHub>>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(64 * 1024).on_upgrade(move |socket| async move {
-        if let Err(reason) = serve_connection(hub, socket).await {
-            tracing::debug!(%reason, "relay connection ended");
-        }
-    })
+    ws.max_message_size(64 * 1024)
+        .on_upgrade(move |socket| async move {
+            if let Err(reason) = serve_connection(hub, socket).await {
+                tracing::debug!(%reason, "relay connection ended");
+            }
+        })
 }
 
 /// Shortcut so the API handlers can name the extension type.
@@ -230,7 +253,9 @@ pub type HubExt = Extension<Arc<RelayHub>>;
 
 async fn send(ws: &mut WebSocket, m: &ServerMessage) -> Result<(), String> {
     let text = serde_json::to_string(m).map_err(|e| e.to_string())?;
-    ws.send(Message::Text(text.into())).await.map_err(|e| e.to_string())
+    ws.send(Message::Text(text.into()))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn recv(ws: &mut WebSocket) -> Result<ClientMessage, String> {
@@ -241,68 +266,122 @@ async fn recv(ws: &mut WebSocket) -> Result<ClientMessage, String> {
             .ok_or("closed")?
             .map_err(|e| e.to_string())?;
         match frame {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).map_err(|e| format!("bad message: {e}")),
+            Message::Text(t) => {
+                return serde_json::from_str(t.as_str()).map_err(|e| format!("bad message: {e}"));
+            }
             Message::Ping(_) | Message::Pong(_) => continue,
             _ => return Err("unexpected frame".into()),
         }
     }
 }
 
-async fn refuse(ws: &mut WebSocket, code: ErrorCode, message: &str) -> Result<(), String> {
-    let _ = send(ws, &ServerMessage::Error { code, message: message.to_owned() }).await;
+/// Tells the tool why it is refused and closes; returns the reason for the caller's `Err`.
+async fn refuse(ws: &mut WebSocket, code: ErrorCode, message: &str) -> String {
+    let _ = send(
+        ws,
+        &ServerMessage::Error {
+            code,
+            message: message.to_owned(),
+        },
+    )
+    .await;
     let _ = ws.send(Message::Close(None)).await;
-    Err(format!("refused: {code:?}"))
+    format!("refused: {code:?}")
 }
 
 /// Challenge–response: returns the authenticated device.
 async fn authenticate(hub: &RelayHub, ws: &mut WebSocket) -> Result<PairDeviceRecord, String> {
     let ClientMessage::Hello { version, device_id } = recv(ws).await? else {
-        refuse(ws, ErrorCode::Protocol, "expected hello").await?;
-        unreachable!("refuse always returns Err");
+        return Err(refuse(ws, ErrorCode::Protocol, "expected hello").await);
     };
     if version != PROTOCOL_VERSION {
-        refuse(ws, ErrorCode::UnsupportedVersion, "this server speaks relay protocol version 1").await?;
+        return Err(refuse(
+            ws,
+            ErrorCode::UnsupportedVersion,
+            "this server speaks relay protocol version 1",
+        )
+        .await);
     }
     let mut nonce = vec![0u8; NONCE_LEN];
     aws_lc_rs::rand::fill(&mut nonce).map_err(|_| "no randomness".to_owned())?;
-    send(ws, &ServerMessage::Challenge { nonce: nonce.clone() }).await?;
+    send(
+        ws,
+        &ServerMessage::Challenge {
+            nonce: nonce.clone(),
+        },
+    )
+    .await?;
     let ClientMessage::Response { signature } = recv(ws).await? else {
-        refuse(ws, ErrorCode::Protocol, "expected response").await?;
-        unreachable!("refuse always returns Err");
+        return Err(refuse(ws, ErrorCode::Protocol, "expected response").await);
     };
     let device = match Uuid::parse_str(&device_id) {
         Ok(id) => hub.store.pair_device(id).await.map_err(|e| e.to_string())?,
         Err(_) => None,
     };
     let Some(device) = device else {
-        refuse(ws, ErrorCode::UnknownDevice, "this device is not registered with this server").await?;
-        unreachable!("refuse always returns Err");
+        return Err(refuse(
+            ws,
+            ErrorCode::UnknownDevice,
+            "this device is not registered with this server",
+        )
+        .await);
     };
     let message = protocol::auth_message(&device_id, &nonce);
-    if UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &device.public_key).verify(&message, &signature).is_err() {
-        refuse(ws, ErrorCode::BadSignature, "the device key does not match the registered one").await?;
+    if UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &device.public_key)
+        .verify(&message, &signature)
+        .is_err()
+    {
+        return Err(refuse(
+            ws,
+            ErrorCode::BadSignature,
+            "the device key does not match the registered one",
+        )
+        .await);
     }
     // Checked after the signature so that an unauthenticated caller cannot probe device states.
     if device.revoked_at.is_some() {
-        refuse(ws, ErrorCode::Revoked, "this device was revoked").await?;
+        return Err(refuse(ws, ErrorCode::Revoked, "this device was revoked").await);
     }
     Ok(device)
 }
 
-async fn principal_of(store: &Store, device: &PairDeviceRecord) -> Result<(Principal, String), String> {
+async fn principal_of(
+    store: &Store,
+    device: &PairDeviceRecord,
+) -> Result<(Principal, String), String> {
     match device.owner() {
         Some(DeviceOwner::Admin(id)) => {
-            let admin = store.admin(id).await.map_err(|e| e.to_string())?.ok_or("admin gone")?;
+            let admin = store
+                .admin(id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("admin gone")?;
             if admin.disabled {
                 return Err("admin disabled".into());
             }
             let actor = format!("admin:{}", admin.email);
-            Ok((Principal::Admin { id: id.to_string(), email: admin.email }, actor))
+            Ok((
+                Principal::Admin {
+                    id: id.to_string(),
+                    email: admin.email,
+                },
+                actor,
+            ))
         }
         Some(DeviceOwner::User(id)) => {
-            let user = store.user(device.org_id, id).await.map_err(|e| e.to_string())?.ok_or("user gone")?;
+            let user = store
+                .user(device.org_id, id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("user gone")?;
             let actor = format!("user:{}", user.upn);
-            Ok((Principal::User { id: id.to_string(), upn: user.upn }, actor))
+            Ok((
+                Principal::User {
+                    id: id.to_string(),
+                    upn: user.upn,
+                },
+                actor,
+            ))
         }
         None => Err("device without owner".into()),
     }
@@ -313,17 +392,40 @@ async fn serve_connection(hub: Arc<RelayHub>, mut ws: WebSocket) -> Result<(), S
     let (principal, actor) = match principal_of(&hub.store, &device).await {
         Ok(p) => p,
         Err(e) => {
-            refuse(&mut ws, ErrorCode::Revoked, "the device's owner is no longer active").await?;
+            let _ = refuse(
+                &mut ws,
+                ErrorCode::Revoked,
+                "the device's owner is no longer active",
+            )
+            .await;
             return Err(e);
         }
     };
     let _ = hub.store.touch_pair_device(device.id).await;
-    send(&mut ws, &ServerMessage::Welcome { device_id: device.id.to_string(), principal }).await?;
+    send(
+        &mut ws,
+        &ServerMessage::Welcome {
+            device_id: device.id.to_string(),
+            principal,
+        },
+    )
+    .await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let conn_id = hub.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let conn_id = hub
+        .next_conn
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let owner = device.owner().ok_or("device without owner")?;
-    let replaced = hub.conns().insert(device.id, Conn { conn_id, org_id: device.org_id, owner, tx, attached: None });
+    let replaced = hub.conns().insert(
+        device.id,
+        Conn {
+            conn_id,
+            org_id: device.org_id,
+            owner,
+            tx,
+            attached: None,
+        },
+    );
     if let Some(old) = replaced {
         let _ = old.tx.send(Outbound::Close(ServerMessage::Error {
             code: ErrorCode::Protocol,
@@ -361,7 +463,11 @@ async fn attach_on_connect(hub: &Arc<RelayHub>, device: &PairDeviceRecord, actor
         }
         Some(DeviceOwner::Admin(_)) => {
             let now = Utc::now();
-            let open = hub.store.open_delegated_sessions_of_device(device.id).await.unwrap_or_default();
+            let open = hub
+                .store
+                .open_delegated_sessions_of_device(device.id)
+                .await
+                .unwrap_or_default();
             if let Some(s) = open.into_iter().find(|s| s.is_live(now)) {
                 let a = Attached {
                     session_id: s.id,
@@ -402,8 +508,7 @@ async fn connection_loop(
                     Some(Ok(Message::Text(t))) => match serde_json::from_str::<ClientMessage>(t.as_str()) {
                         Ok(m) => m,
                         Err(_) => {
-                            refuse(ws, ErrorCode::Protocol, "unexpected message").await?;
-                            return Ok(());
+                            return Err(refuse(ws, ErrorCode::Protocol, "unexpected message").await);
                         }
                     },
                     Some(Ok(Message::Close(_))) => return Ok(()),
@@ -420,7 +525,7 @@ async fn connection_loop(
                         return Ok(());
                     }
                     ClientMessage::Hello { .. } | ClientMessage::Response { .. } => {
-                        refuse(ws, ErrorCode::Protocol, "already authenticated").await?;
+                        return Err(refuse(ws, ErrorCode::Protocol, "already authenticated").await);
                     }
                 }
             }
@@ -438,7 +543,11 @@ fn run_ctap(hub: &Arc<RelayHub>, device_id: Uuid, id: u64, payload: Vec<u8>) {
         let answer = match &attached {
             None => vec![CTAP2_ERR_NOT_ALLOWED],
             Some(a) if a.expires_at.is_some_and(|t| Utc::now() >= t) => vec![CTAP2_ERR_NOT_ALLOWED],
-            Some(a) => match hub.keys.ctap(a.org_id, a.key_id, &a.actor, a.registration_only, payload).await {
+            Some(a) => match hub
+                .keys
+                .ctap(a.org_id, a.key_id, &a.actor, a.registration_only, payload)
+                .await
+            {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     // Fail closed (invariant 6): nothing was committed; the host sees an error.
@@ -448,14 +557,19 @@ fn run_ctap(hub: &Arc<RelayHub>, device_id: Uuid, id: u64, payload: Vec<u8>) {
             },
         };
         let conns = hub.conns();
-        let Some(c) = conns.get(&device_id) else { return };
+        let Some(c) = conns.get(&device_id) else {
+            return;
+        };
         let still = match (&attached, &c.attached) {
             (None, _) => true,
             (Some(a), Some(b)) => a.session_id == b.session_id,
             (Some(_), None) => false,
         };
         if still {
-            let _ = c.tx.send(Outbound::Send(ServerMessage::CtapResult { id, payload: answer }));
+            let _ = c.tx.send(Outbound::Send(ServerMessage::CtapResult {
+                id,
+                payload: answer,
+            }));
         }
     });
 }

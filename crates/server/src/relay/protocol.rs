@@ -235,21 +235,32 @@ mod tests {
     #[test]
     fn same_wire_format_as_the_tool() {
         for v in fixtures("client") {
-            let m: ClientMessage = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"));
+            let m: ClientMessage =
+                serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"));
             assert_eq!(serde_json::to_value(&m).expect("json"), v);
         }
         for v in fixtures("server") {
-            let m: ServerMessage = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"));
+            let m: ServerMessage =
+                serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"));
             assert_eq!(serde_json::to_value(&m).expect("json"), v);
         }
         for v in fixtures("invalid") {
-            assert!(serde_json::from_value::<ClientMessage>(v.clone()).is_err(), "{v}");
-            assert!(serde_json::from_value::<ServerMessage>(v.clone()).is_err(), "{v}");
+            assert!(
+                serde_json::from_value::<ClientMessage>(v.clone()).is_err(),
+                "{v}"
+            );
+            assert!(
+                serde_json::from_value::<ServerMessage>(v.clone()).is_err(),
+                "{v}"
+            );
         }
     }
 
     #[test]
     fn auth_message_matches_the_tool() {
-        assert_eq!(auth_message("d", &[1, 2]), b"keyward-relay-auth-v1\0d\0\x01\x02".to_vec());
+        assert_eq!(
+            auth_message("d", &[1, 2]),
+            b"keyward-relay-auth-v1\0d\0\x01\x02".to_vec()
+        );
     }
 }

@@ -164,7 +164,41 @@ def server():
         proc.kill()
         proc.wait()
     log.close()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    if os.environ.get("KEYWARD_KEEP_DATA"):
+        print(f"kept {data_dir}")
+    else:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+SIM_TENANT = "11111111-2222-3333-4444-555555555555"
+SIM_CLIENT = "66666666-7777-8888-9999-000000000000"
+SIM_SECRET = "panel-tests-client-secret"
+SIM_USERS = 6
+
+
+@pytest.fixture(scope="session")
+def graph_sim():
+    """The Graph simulator (binary from KEYWARD_GRAPH_SIM_BIN), serving one tenant on loopback."""
+    binary = os.environ.get("KEYWARD_GRAPH_SIM_BIN", str(ROOT / "target" / "debug" / "keyward-graph-sim"))
+    if not Path(binary).exists():
+        pytest.skip(f"no keyward-graph-sim at {binary}: cargo build -p keyward-graph-sim")
+    proc = subprocess.Popen(
+        [binary, "--users", str(SIM_USERS), "--tenant-id", SIM_TENANT, "--client-id", SIM_CLIENT,
+         "--client-secret", SIM_SECRET],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    line = proc.stdout.readline()
+    if "listening on " not in line:
+        proc.kill()
+        pytest.fail(f"keyward-graph-sim did not start: {line!r}")
+    url = line.split("listening on ", 1)[1].strip()
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")

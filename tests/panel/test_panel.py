@@ -149,10 +149,13 @@ def test_user_details_show_profile_key_and_a_one_time_activation_code(as_role, s
     assert not page.problems.items, page.problems.items
 
 
-def test_provisioning_dialog_starts_a_job_and_shows_its_progress(as_role, server, screenshot_dir):
+def test_provisioning_dialog_opens_closes_and_reports_a_refusal_in_place(as_role, server, screenshot_dir):
     status, _ = server.api("POST", "/provisioning", {})
     if status == 404:
         pytest.skip("the server offers no POST /api/v1/provisioning yet")
+    status, dirs = server.api("GET", "/directories")
+    if status != 200 or dirs:
+        pytest.skip("needs an organisation without a directory connection")
     page = as_role("admin")
     wait_loaded(page)
     page.get_by_label("Select Demo User 01").check()
@@ -168,16 +171,10 @@ def test_provisioning_dialog_starts_a_job_and_shows_its_progress(as_role, server
     expect(dialog).to_be_hidden()
     page.get_by_role("button", name="Automated RP Provisioning").click()
     dialog.get_by_role("button", name="Submit").click()
-    job = page.locator("#job")
-    expect(job).to_be_visible()
-    expect(page.locator("#job-title")).to_have_text("Microsoft automated provisioning")
-    # No Entra connection is configured here, so the job ends; every user gets a stated outcome.
-    expect(page.locator("#job-counts")).to_have_text(re.compile(r"^(done|failed|cancelled): 2 of 2 processed"),
-                                                      timeout=30_000)
-    if "0 failed" not in page.locator("#job-counts").inner_text():
-        expect(page.locator("#job-items tbody tr")).to_have_count(2)
-        expect(page.get_by_role("button", name="Retry failed")).to_be_visible()
-    page.screenshot(path=str(screenshot_dir / "provisioning-progress.png"), full_page=True)
+    # No Entra connection exists yet: the server's reason shows in the dialog, which stays open.
+    expect(dialog.get_by_role("alert")).to_contain_text("directory")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#job")).to_be_hidden()
     assert not page.problems.items, page.problems.items
 
 
@@ -286,3 +283,72 @@ def test_sign_in_page_is_keyboard_usable(browser, server, screenshot_dir):
     assert box and box["x"] >= 0, "the skip link is on screen when focused"
     assert not problems, problems
     context.close()
+
+
+def test_entra_import_then_automated_provisioning_end_to_end(as_role, server, graph_sim, screenshot_dir):
+    """Connect the simulated tenant, import its users, provision them all from the users page."""
+    from conftest import SIM_CLIENT, SIM_SECRET, SIM_TENANT, SIM_USERS
+
+    if not server.offers("post", "/directories/entra") and server.api("GET", "/directories")[0] == 404:
+        pytest.skip("the server offers no directories yet")
+    page = as_role("owner")
+    page.goto("/directories")
+    form = page.locator("#entra-form")
+    form.get_by_label("Name").fill("Contoso (simulated)")
+    form.get_by_label("Tenant id").fill(SIM_TENANT)
+    form.get_by_label("Application (client) id").fill(SIM_CLIENT)
+    form.get_by_label("Client secret").fill(SIM_SECRET)
+    form.get_by_text("National cloud or simulator").click()
+    form.get_by_label("Authority URL").fill(graph_sim)
+    form.get_by_label("Graph URL").fill(graph_sim)
+    form.get_by_role("button", name="Save and test connection").click()
+    result = page.locator("#directory-test")
+    expect(result).to_contain_text("Test of Contoso (simulated)", timeout=20_000)
+    # The secret is gone from the page once saved.
+    expect(form.get_by_label("Client secret")).to_have_value("")
+    row = page.locator("#directories tbody tr").filter(has_text="Contoso (simulated)")
+    expect(row).to_contain_text("Never")
+    page.screenshot(path=str(screenshot_dir / "directories.png"), full_page=True)
+
+    row.get_by_role("button", name="Import users").click()
+    expect(page.locator("#job-title")).to_have_text("Import from Contoso (simulated)")
+    expect(page.locator("#job-counts")).to_have_text(re.compile(r"^done: "), timeout=60_000)
+    expect(row).not_to_contain_text("Never")
+
+    page.goto("/users?source=entra")
+    wait_loaded(page)
+    expect(rows(page)).to_have_count(SIM_USERS)
+    page.get_by_label("Select all users on this page").check()
+    expect(page.locator("#selected-count")).to_have_text(f"{SIM_USERS} selected")
+    page.get_by_role("button", name="Automated RP Provisioning").click()
+    dialog = page.get_by_role("dialog", name="Automated RP Provisioning")
+    expect(dialog.get_by_label("Assign a security key to selected users who have none")).to_be_checked()
+    dialog.get_by_role("button", name="Submit").click()
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#job-title")).to_have_text("Microsoft automated provisioning")
+    expect(page.locator("#job-bar")).to_be_visible()
+    counts = page.locator("#job-counts")
+    expect(counts).to_have_text(re.compile(rf"^(done|failed): {SIM_USERS} of {SIM_USERS} processed"),
+                                timeout=120_000)
+    page.screenshot(path=str(screenshot_dir / "provisioning-progress.png"), full_page=True)
+    text = counts.inner_text()
+    succeeded = int(re.search(r"(\d+) succeeded", text).group(1))
+    failed = int(re.search(r"(\d+) failed", text).group(1))
+    assert succeeded + failed == SIM_USERS
+    assert succeeded >= 1, text
+    # Every failure is listed with the reason Graph or Keyward gave, and can be retried.
+    failures = page.locator("#job-items tbody tr[data-state=failed]")
+    expect(failures).to_have_count(failed)
+    for i in range(failed):
+        assert failures.nth(i).locator("td").nth(2).inner_text().strip(), "a failure without a reason"
+    if failed:
+        expect(page.get_by_role("button", name="Retry failed")).to_be_visible()
+    # The provisioned users now hold a passkey for Microsoft, recorded as automated.
+    status, listed = server.api("GET", "/users?limit=200")
+    entra = [u for u in listed["items"] if u["source"] == "entra"]
+    with_passkey = 0
+    for u in entra:
+        _, creds = server.api("GET", f"/users/{u['id']}/credentials")
+        with_passkey += sum(1 for c in creds["items"] if c["via"] == "automated")
+    assert with_passkey == succeeded
+    assert not page.problems.items, page.problems.items

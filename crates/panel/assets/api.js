@@ -130,6 +130,7 @@ export const endpoints = {
       assign_missing_keys: assignMissingKeys,
     }),
   job: (id) => api("GET", `/jobs/${enc(id)}`),
+  revealTap: (jobId, userId) => api("POST", `/jobs/${enc(jobId)}/items/${enc(userId)}/tap`, {}),
   retryJob: (id) => api("POST", `/jobs/${enc(id)}/retry`, {}),
   cancelJob: (id) => api("POST", `/jobs/${enc(id)}/cancel`, {}),
   jobEventsUrl: (id) => `${BASE}/jobs/${enc(id)}/events`,

@@ -58,7 +58,7 @@ function row(dir) {
       }),
     }, "Import users"));
   }
-  if (can("directories.write")) {
+  if (can("directories.import")) {
     actions.append(" ", h("button", { type: "button", onclick: (ev) => test(dir, ev.currentTarget) }, "Test connection"));
   }
   return h("tr", {},

@@ -43,33 +43,50 @@ function render(job, label) {
   }
 }
 
-function tapOf(item) {
-  const t = item.temporary_access_pass || item.tap;
-  if (!t) return null;
-  return typeof t === "string" ? { value: t } : t;
+/** Reveals a manual item's Temporary Access Pass: once, on the admin's explicit request. */
+async function revealTap(jobId, item, button) {
+  await busy(button, async () => {
+    try {
+      const tap = await endpoints.revealTap(jobId, item.user_id);
+      const who = names.get(item.user_id) || item.user_id;
+      const lines = [];
+      if (tap.expires_in_minutes) lines.push(`Valid for ${tap.expires_in_minutes} minutes from its creation.`);
+      lines.push(...(Array.isArray(tap.instructions) ? tap.instructions : []));
+      showSecret($("#job-tap"), `Temporary Access Pass for ${who}`, tap.temporary_access_pass, lines);
+      button.remove();
+    } catch (e) {
+      status(`Could not show the Temporary Access Pass: ${e.message}`, "error");
+    }
+  });
 }
 
-function renderItems(job) {
+function renderItems(jobId, job) {
   const items = Array.isArray(job.items) ? job.items : [];
-  const rows = items
-    .filter((i) => i.state !== "done" || i.error || tapOf(i))
-    .map((i) =>
-      h("tr", { dataset: { state: i.state } },
-        h("td", {}, names.get(i.user_id) || i.user_id),
-        h("td", {}, i.state),
-        h("td", {}, i.error || (i.state === "done" ? "" : "…"))));
-  // Successful items are summarised by the counts; the table lists what needs attention.
-  $("#job-items tbody").replaceChildren(...rows);
-  $("#job-items").hidden = rows.length === 0;
-  const tap = items.map(tapOf).find(Boolean);
-  const box = $("#job-tap");
-  if (tap && box.hidden) {
-    showSecret(box, "Temporary Access Pass", tap.value || tap.temporary_access_pass || "", [
-      tap.expires_at ? `Valid until ${new Date(tap.expires_at).toLocaleString()}.` : "",
-      "Sign in at https://myaccount.microsoft.com as the user with this pass, open Security info, " +
-        "add a security key (USB), and confirm when your pairing tool asks.",
-    ].filter(Boolean));
+  const rows = [];
+  for (const i of items) {
+    const tapAvailable = Boolean(i.result && i.result.tap_available);
+    // Successful items are summarised by the counts; the table lists what needs attention.
+    if (i.state === "done" && !i.error && !tapAvailable) continue;
+    const reason = h("td", {}, i.error || (i.state === "done" ? "" : "…"));
+    if (tapAvailable && can("provisioning")) {
+      const who = names.get(i.user_id) || i.user_id;
+      reason.append(h("button", {
+        type: "button",
+        onclick: (ev) => revealTap(jobId, i, ev.currentTarget),
+      }, `Show the Temporary Access Pass for ${who}`));
+    }
+    rows.push(h("tr", { dataset: { state: i.state } },
+      h("td", {}, names.get(i.user_id) || i.user_id),
+      h("td", {}, i.state),
+      reason));
   }
+  // Re-rendering would drop a reveal button mid-click; keep the table while nothing changed.
+  const signature = JSON.stringify(items.map((i) => [i.user_id, i.state, i.error, i.result && i.result.tap_available]));
+  const table = $("#job-items");
+  if (table.dataset.signature === signature) return;
+  table.dataset.signature = signature;
+  $("#job-items tbody").replaceChildren(...rows);
+  table.hidden = rows.length === 0;
 }
 
 function stop() {
@@ -89,6 +106,7 @@ export function watchJob(id, label, onFinish) {
   const region = $("#job");
   region.hidden = false;
   $("#job-tap").hidden = true;
+  $("#job-items").dataset.signature = "";
   const w = { id, label, source: null, timer: 0, lastItems: 0, finished: false };
   watch = w;
   render({ state: "queued", total: 0, done: 0, failed: 0 }, label);
@@ -98,7 +116,7 @@ export function watchJob(id, label, onFinish) {
       const job = await endpoints.job(id);
       if (watch !== w) return null;
       render(job, label);
-      renderItems(job);
+      renderItems(id, job);
       w.lastItems = Date.now();
       if (TERMINAL.has(job.state) && !w.finished) {
         w.finished = true;

@@ -178,12 +178,9 @@ function initManual() {
   $("#manual-start").addEventListener("click", (ev) =>
     busy(ev.currentTarget, async () => {
       try {
-        const res = await endpoints.provision([userId], "manual", true);
-        const tap = res && (res.temporary_access_pass || res.tap);
-        if (tap) {
-          showSecret($("#job-tap"), "Temporary Access Pass", typeof tap === "string" ? tap : tap.value, []);
-        }
-        if (res && res.job_id) watchJob(res.job_id, "Microsoft manual provisioning", refresh);
+        // The pass is created by a job item; the job region offers to show it once it exists.
+        const res = await endpoints.provision([userId], "manual", false);
+        watchJob(res.job_id, "Microsoft manual provisioning", refresh);
       } catch (e) {
         status(`Could not start manual provisioning: ${e.message}`, "error");
       }

@@ -112,3 +112,32 @@ def test_relay_survives_a_server_restart(keyward, admin_tool):
     status, _ = api.call("POST", f"/users/{user['id']}/connect")
     assert status == 201
     admin_tool.wait_for("connected (Delegated", timeout=1.0)
+
+
+def test_revoked_tool_stops_with_a_clear_message(keyward, admin_tool):
+    server, api, _, user = keyward
+    status, devices = api.call("GET", "/pair/devices")
+    assert status == 200, devices
+    online = [d for d in devices["items"] if d["online"]]
+    assert len(online) == 1, devices
+    status, _ = api.call("DELETE", f"/pair/devices/{online[0]['id']}")
+    assert status == 204
+    assert admin_tool.proc is not None
+    admin_tool.proc.wait(timeout=5)
+    assert admin_tool.proc.returncode != 0
+    admin_tool.wait_for("keyward-pair login", timeout=2.0)
+    # A revoked tool cannot be used to connect a key any more.
+    status, problem = api.call("POST", f"/users/{user['id']}/connect")
+    assert status == 409, problem
+
+
+def test_logout_revokes_the_device_at_the_server(keyward, admin_tool):
+    server, api, _, _ = keyward
+    admin_tool.stop()
+    done = admin_tool.cmd("logout")
+    assert done.returncode == 0, done.stderr
+    assert "revoked" in done.stdout
+    status, devices = api.call("GET", "/pair/devices")
+    assert status == 200 and devices["items"] == [], devices
+    again = admin_tool.cmd("run", "--udp", "127.0.0.1:0")
+    assert again.returncode != 0 and "not logged in" in again.stderr

@@ -4,6 +4,9 @@
 //! - `POST /pair/devices` — `Authenticated` — [`register_device`]
 //! - `POST /users/{id}/connect` — `UseKeys` — [`connect`]
 //! - `DELETE /users/{id}/connect` — `UseKeys` — [`disconnect`]
+//! - `GET /pair/devices` — `Authenticated` — [`list_devices`] (the caller's own tools)
+//! - `DELETE /pair/devices/{id}` — `Authenticated` — [`revoke`] (own tools; `ManageUsers` roles may
+//!   revoke any tool in the organisation, e.g. a user's lost laptop)
 //!
 //! `POST /api/v1/pair/activate` is public (the activation code is the credential) and served by
 //! [`super::router`].
@@ -265,6 +268,83 @@ pub async fn disconnect(
     for r in &ended {
         hub.detach(r.device_id, r.id, "disconnected");
     }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Device {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// Whether the tool is connected to this server right now.
+    pub online: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceList {
+    pub items: Vec<Device>,
+}
+
+/// The calling admin's registered pairing tools.
+pub async fn list_devices(
+    State(s): State<AppState>,
+    p: Principal,
+    Extension(hub): Extension<Arc<RelayHub>>,
+) -> ApiResult<axum::Json<DeviceList>> {
+    let online = hub.online_device_of_admin(p.org_id, p.admin_id);
+    let items = s
+        .store
+        .pair_devices_of_admin(p.org_id, p.admin_id)
+        .await?
+        .into_iter()
+        .map(|d| Device {
+            online: online == Some(d.id),
+            id: d.id,
+            name: d.name,
+            created_at: d.created_at,
+            last_seen_at: d.last_seen_at,
+        })
+        .collect();
+    Ok(axum::Json(DeviceList { items }))
+}
+
+/// Revokes a pairing tool: its sessions end, its connection closes, it can never connect again.
+pub async fn revoke(
+    State(s): State<AppState>,
+    p: Principal,
+    Extension(hub): Extension<Arc<RelayHub>>,
+    IdPath(device_id): IdPath,
+) -> ApiResult<StatusCode> {
+    let device = s
+        .store
+        .pair_device(device_id)
+        .await?
+        .filter(|d| d.org_id == p.org_id)
+        .ok_or(ApiError::NotFound)?;
+    let own = device.owner() == Some(DeviceOwner::Admin(p.admin_id));
+    if !own && !crate::api::Permission::ManageUsers.allows(p.role) {
+        return Err(ApiError::Forbidden);
+    }
+    if device.revoked_at.is_some() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let mut tx = s.store.begin().await?;
+    tx.revoke_pair_device(p.org_id, device_id).await?;
+    tx.append_audit(
+        p.org_id,
+        &p.actor(),
+        "pair.device_revoked",
+        &format!("device:{device_id}"),
+        json!({"name": device.name}),
+    )
+    .await?;
+    tx.commit().await?;
+    hub.disconnect_device(
+        device_id,
+        ErrorCode::Revoked,
+        "this device was revoked by an admin",
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 

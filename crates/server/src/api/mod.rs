@@ -107,8 +107,19 @@ pub struct RouteSpec {
     pub body_limit: Option<usize>,
 }
 
-fn route(method: Method, path: &'static str, permission: Permission, handler: MethodRouter<AppState>) -> RouteSpec {
-    RouteSpec { method, path, permission, handler, body_limit: None }
+fn route(
+    method: Method,
+    path: &'static str,
+    permission: Permission,
+    handler: MethodRouter<AppState>,
+) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        permission,
+        handler,
+        body_limit: None,
+    }
 }
 
 /// The route table: the only place API routes are declared.
@@ -117,40 +128,168 @@ pub fn routes() -> Vec<RouteSpec> {
     use axum::routing::{get, patch, post};
     vec![
         route(Method::GET, "/openapi.json", Public, get(openapi_json)),
-        route(Method::POST, "/auth/login", Public, post(auth_routes::login)),
-        route(Method::POST, "/auth/logout", Authenticated, post(auth_routes::logout)),
+        route(
+            Method::POST,
+            "/auth/login",
+            Public,
+            post(auth_routes::login),
+        ),
+        route(
+            Method::POST,
+            "/auth/logout",
+            Authenticated,
+            post(auth_routes::logout),
+        ),
         route(Method::GET, "/auth/me", Authenticated, get(auth_routes::me)),
-        route(Method::POST, "/tokens", Authenticated, post(auth_routes::create_token)),
+        route(
+            Method::POST,
+            "/tokens",
+            Authenticated,
+            post(auth_routes::create_token),
+        ),
         route(Method::GET, "/users", ViewUsers, get(users::list)),
         route(Method::POST, "/users", ManageUsers, post(users::create)),
-        RouteSpec { body_limit: Some(CSV_BODY_LIMIT), ..route(Method::POST, "/users/import-csv", ManageUsers, post(users::import_csv)) },
+        RouteSpec {
+            body_limit: Some(CSV_BODY_LIMIT),
+            ..route(
+                Method::POST,
+                "/users/import-csv",
+                ManageUsers,
+                post(users::import_csv),
+            )
+        },
         route(Method::GET, "/users/{id}", ViewUsers, get(users::get_one)),
-        route(Method::PATCH, "/users/{id}", ManageUsers, patch(users::update)),
-        route(Method::POST, "/users/{id}/disable", ManageUsers, post(users::disable)),
-        route(Method::POST, "/users/{id}/enable", ManageUsers, post(users::enable)),
-        route(Method::GET, "/users/{id}/credentials", ViewUsers, get(keys::credentials)),
-        route(Method::POST, "/users/{id}/key", ManageUsers, post(keys::assign_one)),
-        route(Method::POST, "/users/{id}/activation", IssueActivation, post(users::activation)),
-        route(Method::POST, "/keys/assign", ManageUsers, post(keys::assign_many)),
+        route(
+            Method::PATCH,
+            "/users/{id}",
+            ManageUsers,
+            patch(users::update),
+        ),
+        route(
+            Method::POST,
+            "/users/{id}/disable",
+            ManageUsers,
+            post(users::disable),
+        ),
+        route(
+            Method::POST,
+            "/users/{id}/enable",
+            ManageUsers,
+            post(users::enable),
+        ),
+        route(
+            Method::GET,
+            "/users/{id}/credentials",
+            ViewUsers,
+            get(keys::credentials),
+        ),
+        route(
+            Method::POST,
+            "/users/{id}/key",
+            ManageUsers,
+            post(keys::assign_one),
+        ),
+        route(
+            Method::POST,
+            "/users/{id}/activation",
+            IssueActivation,
+            post(users::activation),
+        ),
+        route(
+            Method::POST,
+            "/keys/assign",
+            ManageUsers,
+            post(keys::assign_many),
+        ),
         route(Method::GET, "/keys/{id}", ViewUsers, get(keys::get_one)),
-        route(Method::POST, "/keys/{id}/suspend", ManageUsers, post(keys::suspend)),
-        route(Method::POST, "/keys/{id}/resume", ManageUsers, post(keys::resume)),
-        route(Method::POST, "/keys/{id}/revoke", ManageUsers, post(keys::revoke)),
+        route(
+            Method::POST,
+            "/keys/{id}/suspend",
+            ManageUsers,
+            post(keys::suspend),
+        ),
+        route(
+            Method::POST,
+            "/keys/{id}/resume",
+            ManageUsers,
+            post(keys::resume),
+        ),
+        route(
+            Method::POST,
+            "/keys/{id}/revoke",
+            ManageUsers,
+            post(keys::revoke),
+        ),
         route(Method::POST, "/keys/{id}/ctap", UseKeys, post(keys::ctap)),
         route(Method::GET, "/audit", ViewAudit, get(audit::list)),
         route(Method::GET, "/admins", ViewAdmins, get(admins::list)),
         route(Method::POST, "/admins", ManageAdmins, post(admins::create)),
-        route(Method::PATCH, "/admins/{id}", ManageAdmins, patch(admins::update)),
-        route(Method::GET, "/jobs/{id}", ViewUsers, get(crate::jobs::api::get_job)),
-        route(Method::GET, "/jobs/{id}/events", ViewUsers, get(crate::jobs::api::events)),
-        route(Method::POST, "/jobs/{id}/retry", ManageUsers, post(crate::jobs::api::retry)),
-        route(Method::POST, "/jobs/{id}/cancel", ManageUsers, post(crate::jobs::api::cancel)),
-        route(Method::GET, "/directories", ViewUsers, get(crate::directories::api::list)),
-        route(Method::POST, "/directories/entra", ManageSettings, post(crate::directories::api::create)),
-        route(Method::POST, "/directories/{id}/import", ManageUsers, post(crate::directories::api::import)),
-        route(Method::POST, "/directories/{id}/test", ManageUsers, post(crate::directories::api::test)),
-        route(Method::POST, "/provisioning", ManageUsers, post(crate::provisioning::api::start)),
-        route(Method::POST, "/jobs/{id}/items/{user_id}/tap", ManageUsers, post(crate::provisioning::api::reveal_tap)),
+        route(
+            Method::PATCH,
+            "/admins/{id}",
+            ManageAdmins,
+            patch(admins::update),
+        ),
+        route(
+            Method::GET,
+            "/jobs/{id}",
+            ViewUsers,
+            get(crate::jobs::api::get_job),
+        ),
+        route(
+            Method::GET,
+            "/jobs/{id}/events",
+            ViewUsers,
+            get(crate::jobs::api::events),
+        ),
+        route(
+            Method::POST,
+            "/jobs/{id}/retry",
+            ManageUsers,
+            post(crate::jobs::api::retry),
+        ),
+        route(
+            Method::POST,
+            "/jobs/{id}/cancel",
+            ManageUsers,
+            post(crate::jobs::api::cancel),
+        ),
+        route(
+            Method::GET,
+            "/directories",
+            ViewUsers,
+            get(crate::directories::api::list),
+        ),
+        route(
+            Method::POST,
+            "/directories/entra",
+            ManageSettings,
+            post(crate::directories::api::create),
+        ),
+        route(
+            Method::POST,
+            "/directories/{id}/import",
+            ManageUsers,
+            post(crate::directories::api::import),
+        ),
+        route(
+            Method::POST,
+            "/directories/{id}/test",
+            ManageUsers,
+            post(crate::directories::api::test),
+        ),
+        route(
+            Method::POST,
+            "/provisioning",
+            ManageUsers,
+            post(crate::provisioning::api::start),
+        ),
+        route(
+            Method::POST,
+            "/jobs/{id}/items/{user_id}/tap",
+            ManageUsers,
+            post(crate::provisioning::api::reveal_tap),
+        ),
     ]
 }
 
@@ -177,7 +316,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         // Only the guard inserts a principal; a handler reached without it is a wiring bug, and
         // refusing is the safe answer.
-        parts.extensions.get::<Principal>().cloned().ok_or(ApiError::Unauthenticated)
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or(ApiError::Unauthenticated)
     }
 }
 
@@ -185,7 +328,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 pub fn router(state: AppState) -> Router {
     let mut r: Router<AppState> = Router::new();
     for spec in routes() {
-        let g = Guard { state: state.clone(), permission: spec.permission };
+        let g = Guard {
+            state: state.clone(),
+            permission: spec.permission,
+        };
         let limit = spec.body_limit.unwrap_or(JSON_BODY_LIMIT);
         let mr = spec
             .handler
@@ -216,7 +362,9 @@ where
             Ok(axum::Json(v)) => Ok(Json(v)),
             Err(e) => Err(match e.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType("expected application/json".into()),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                    ApiError::UnsupportedMediaType("expected application/json".into())
+                }
                 StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable(e.body_text()),
                 _ => ApiError::BadRequest(e.body_text()),
             }),
@@ -257,7 +405,11 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
 }
 
 pub(crate) fn bytes_rejection(e: BytesRejection) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::TooLarge } else { ApiError::BadRequest(e.body_text()) }
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge
+    } else {
+        ApiError::BadRequest(e.body_text())
+    }
 }
 
 /// Page size: 50 by default, 1 to 200.
@@ -265,7 +417,9 @@ pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     match limit {
         None => Ok(50),
         Some(l) if (1..=200).contains(&l) => Ok(l),
-        Some(_) => Err(ApiError::BadRequest("limit must be between 1 and 200".into())),
+        Some(_) => Err(ApiError::BadRequest(
+            "limit must be between 1 and 200".into(),
+        )),
     }
 }
 
@@ -306,10 +460,62 @@ struct SecurityAddon;
 
 impl utoipa::Modify for SecurityAddon {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
-        components.add_security_scheme("session", SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(crate::auth::SESSION_COOKIE))));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
+                crate::auth::SESSION_COOKIE,
+            ))),
+        );
+        document_problems(openapi);
+    }
+}
+
+/// Every error of every operation is a problem+json body (the one mapping in `error.rs`), so the
+/// document says so for all of them, including operations whose annotations forgot: each error
+/// response gets the `Problem` schema under `application/problem+json`, and a `4XX` catch-all is
+/// added where none is documented (authentication, authorisation, body limits and media types
+/// apply to every route).
+fn document_problems(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+    let problem = || Content::new(Some(Ref::from_schema_name("Problem")));
+    for item in openapi.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for op in ops.into_iter().flatten() {
+            let responses = &mut op.responses.responses;
+            for (status, resp) in responses.iter_mut() {
+                if (status.starts_with('4') || status.starts_with('5'))
+                    && let RefOr::T(r) = resp
+                {
+                    r.content.clear();
+                    r.content
+                        .insert("application/problem+json".into(), problem());
+                }
+            }
+            if !responses.contains_key("4XX") {
+                let r = ResponseBuilder::new()
+                    .description("The request was refused; see the problem details")
+                    .content("application/problem+json", problem())
+                    .build();
+                responses.insert("4XX".into(), RefOr::T(r));
+            }
+        }
     }
 }
 
@@ -319,5 +525,10 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
 
 /// A problem response for layers outside the handlers (e.g. unmatched paths).
 pub fn not_found_response() -> Response {
-    problem_response(StatusCode::NOT_FOUND, "not-found", "Not found", "no such resource".into())
+    problem_response(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        "no such resource".into(),
+    )
 }

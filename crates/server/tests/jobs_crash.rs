@@ -17,9 +17,16 @@ fn keyward_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test exe");
-    let bin = exe.parent().and_then(Path::parent).expect("target/<profile>").join("keyward");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join("keyward");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo).args(["build", "-q", "-p", "keyward", "--bin", "keyward"]).status().expect("cargo build");
+    let status = Command::new(cargo)
+        .args(["build", "-q", "-p", "keyward", "--bin", "keyward"])
+        .status()
+        .expect("cargo build");
     assert!(status.success(), "building the keyward binary failed");
     bin
 }
@@ -35,12 +42,24 @@ fn cli(bin: &Path, data: &Path, args: &[&str], stdin: Option<&str>) -> String {
         .spawn()
         .expect("spawn keyward");
     if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("stdin");
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "keyward {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
+    assert!(
+        out.status.success(),
+        "keyward {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
 }
 
 struct Server(Child);
@@ -63,7 +82,9 @@ fn serve(bin: &Path, data: &Path, port: u16) -> (Server, String) {
         .spawn()
         .expect("spawn serve");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("listening line");
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
     let url = line.trim().rsplit(' ').next().expect("url").to_owned();
     (Server(child), url)
 }
@@ -76,7 +97,10 @@ struct Api {
 
 impl Api {
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}/api/v1{path}", self.base)).bearer_auth(&self.token);
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -86,7 +110,13 @@ impl Api {
     }
 
     async fn job(&self, id: &str) -> Value {
-        self.call(reqwest::Method::GET, &format!("/jobs/{id}?limit=10000"), None).await.1
+        self.call(
+            reqwest::Method::GET,
+            &format!("/jobs/{id}?limit=10000"),
+            None,
+        )
+        .await
+        .1
     }
 
     async fn wait(&self, id: &str, secs: u64) -> Value {
@@ -96,7 +126,12 @@ impl Api {
             if matches!(j["state"].as_str(), Some("done" | "failed" | "cancelled")) {
                 return j;
             }
-            assert!(Instant::now() < deadline, "job did not finish: {} of {}", j["done"], j["total"]);
+            assert!(
+                Instant::now() < deadline,
+                "job did not finish: {} of {}",
+                j["done"],
+                j["total"]
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -106,18 +141,56 @@ impl Api {
 async fn kill_9_mid_provisioning_leaves_exactly_one_passkey_per_user_on_both_sides() {
     let bin = keyward_bin();
     // Latency per Graph call stretches the job so the kills land mid-item.
-    let sim = keyward_graph_sim::spawn(SimConfig { users: 201, latency: Duration::from_millis(15), ..SimConfig::default() })
-        .await
-        .expect("sim");
+    let sim = keyward_graph_sim::spawn(SimConfig {
+        users: 201,
+        latency: Duration::from_millis(15),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
     let data = tempfile::tempdir().expect("tmp");
     let d = data.path();
     cli(&bin, d, &["org", "create", "Contoso"], None);
-    cli(&bin, d, &["admin", "create", "--org", "Contoso", "--email", "o@contoso.test", "--role", "owner"], Some("a long enough password\n"));
-    let token = cli(&bin, d, &["token", "create", "--email", "o@contoso.test", "--name", "crash"], None);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    cli(
+        &bin,
+        d,
+        &[
+            "admin",
+            "create",
+            "--org",
+            "Contoso",
+            "--email",
+            "o@contoso.test",
+            "--role",
+            "owner",
+        ],
+        Some("a long enough password\n"),
+    );
+    let token = cli(
+        &bin,
+        d,
+        &[
+            "token",
+            "create",
+            "--email",
+            "o@contoso.test",
+            "--name",
+            "crash",
+        ],
+        None,
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
 
     let (mut server, base) = serve(&bin, d, port);
-    let api = Api { http: reqwest::Client::new(), base, token };
+    let api = Api {
+        http: reqwest::Client::new(),
+        base,
+        token,
+    };
     let cfg = sim.control.simulator().config().clone();
     let (s, dir) = api
         .call(reqwest::Method::POST, "/directories/entra", Some(json!({
@@ -127,7 +200,13 @@ async fn kill_9_mid_provisioning_leaves_exactly_one_passkey_per_user_on_both_sid
         .await;
     assert_eq!(s, 201, "{dir}");
     let dir = dir["id"].as_str().expect("dir").to_owned();
-    let (s, j) = api.call(reqwest::Method::POST, &format!("/directories/{dir}/import"), None).await;
+    let (s, j) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/directories/{dir}/import"),
+            None,
+        )
+        .await;
     assert_eq!(s, 202);
     let imported = api.wait(j["job_id"].as_str().expect("job"), 60).await;
     assert_eq!(imported["state"], "done", "{imported}");
@@ -136,11 +215,19 @@ async fn kill_9_mid_provisioning_leaves_exactly_one_passkey_per_user_on_both_sid
     let mut users = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let q = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
-        let (_, page) = api.call(reqwest::Method::GET, &format!("/users?limit=200{q}"), None).await;
+        let q = cursor
+            .as_ref()
+            .map(|c| format!("&cursor={c}"))
+            .unwrap_or_default();
+        let (_, page) = api
+            .call(reqwest::Method::GET, &format!("/users?limit=200{q}"), None)
+            .await;
         for u in page["items"].as_array().expect("items") {
             if u["upn"] != cfg.consenting_admin.as_str() && u["status"] != "disabled" {
-                users.push((u["id"].as_str().expect("id").to_owned(), u["upn"].as_str().expect("upn").to_owned()));
+                users.push((
+                    u["id"].as_str().expect("id").to_owned(),
+                    u["upn"].as_str().expect("upn").to_owned(),
+                ));
             }
         }
         match page["next_cursor"].as_str() {
@@ -174,16 +261,35 @@ async fn kill_9_mid_provisioning_leaves_exactly_one_passkey_per_user_on_both_sid
         server = s2;
     }
     let j = api.wait(&job, 180).await;
-    let not_done: Vec<&Value> = j["items"].as_array().expect("items").iter().filter(|i| i["state"] != "done").collect();
+    let not_done: Vec<&Value> = j["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|i| i["state"] != "done")
+        .collect();
     assert!(not_done.is_empty(), "{not_done:?}");
     assert_eq!(j["state"], "done");
 
     for (id, upn) in &users {
         let methods = sim.control.passkeys(upn);
-        assert_eq!(methods.len(), 1, "exactly one passkey in Entra for {upn}: {methods:?}");
-        let (_, creds) = api.call(reqwest::Method::GET, &format!("/users/{id}/credentials"), None).await;
+        assert_eq!(
+            methods.len(),
+            1,
+            "exactly one passkey in Entra for {upn}: {methods:?}"
+        );
+        let (_, creds) = api
+            .call(
+                reqwest::Method::GET,
+                &format!("/users/{id}/credentials"),
+                None,
+            )
+            .await;
         let creds = creds["items"].as_array().expect("credentials");
-        assert_eq!(creds.len(), 1, "exactly one local credential for {upn}: {creds:?}");
+        assert_eq!(
+            creds.len(),
+            1,
+            "exactly one local credential for {upn}: {creds:?}"
+        );
     }
     drop(server);
 }

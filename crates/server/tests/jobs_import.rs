@@ -18,9 +18,16 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 fn start_runner(ctx: &Ctx) -> tokio::task::JoinHandle<()> {
-    let cfg = RunnerConfig { poll: Duration::from_millis(50), single_process: true, ..RunnerConfig::default() };
+    let cfg = RunnerConfig {
+        poll: Duration::from_millis(50),
+        single_process: true,
+        ..RunnerConfig::default()
+    };
     let mut runner = JobRunner::new(ctx.state.store.clone(), cfg);
-    runner.register(Arc::new(ImportKind::new(DirectoryDeps { store: ctx.state.store.clone(), vault: ctx.state.vault.clone() })));
+    runner.register(Arc::new(ImportKind::new(DirectoryDeps {
+        store: ctx.state.store.clone(),
+        vault: ctx.state.vault.clone(),
+    })));
     Arc::new(runner).spawn(std::future::pending())
 }
 
@@ -30,18 +37,52 @@ async fn create_directory(ctx: &Ctx, org: &Org, sim: &RunningSim, secret: &str) 
         "name": "Contoso", "tenant_id": cfg.tenant_id, "client_id": cfg.client_id, "client_secret": secret,
         "authority_url": sim.url(), "graph_url": sim.url(),
     });
-    let r = call(ctx, Method::POST, "/api/v1/directories/entra", &org.tokens[&Role::Owner], Some(body)).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
-    assert!(!String::from_utf8_lossy(&r.body).contains(secret), "the secret is never returned");
+    let r = call(
+        ctx,
+        Method::POST,
+        "/api/v1/directories/entra",
+        &org.tokens[&Role::Owner],
+        Some(body),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains(secret),
+        "the secret is never returned"
+    );
     r.json()["id"].as_str().expect("id").parse().expect("uuid")
 }
 
 async fn import(ctx: &Ctx, org: &Org, dir: Uuid, body: Option<Value>) -> Value {
-    let r = call(ctx, Method::POST, &format!("/api/v1/directories/{dir}/import"), &org.tokens[&Role::Admin], body).await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&r.body));
+    let r = call(
+        ctx,
+        Method::POST,
+        &format!("/api/v1/directories/{dir}/import"),
+        &org.tokens[&Role::Admin],
+        body,
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::ACCEPTED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     let job = r.json()["job_id"].as_str().expect("job id").to_owned();
     for _ in 0..2400 {
-        let r = call(ctx, Method::GET, &format!("/api/v1/jobs/{job}?limit=1"), &org.tokens[&Role::Auditor], None).await;
+        let r = call(
+            ctx,
+            Method::GET,
+            &format!("/api/v1/jobs/{job}?limit=1"),
+            &org.tokens[&Role::Auditor],
+            None,
+        )
+        .await;
         assert_eq!(r.status, StatusCode::OK);
         let j = r.json();
         if matches!(j["state"].as_str(), Some("done" | "failed" | "cancelled")) {
@@ -53,13 +94,21 @@ async fn import(ctx: &Ctx, org: &Org, dir: Uuid, body: Option<Value>) -> Value {
 }
 
 async fn users(ctx: &Ctx, org: &Org) -> Vec<keyward_store::UserRecord> {
-    let f = UserFilter { limit: 100_000, ..Default::default() };
+    let f = UserFilter {
+        limit: 100_000,
+        ..Default::default()
+    };
     ctx.state.store.list_users(org.id, &f).await.expect("users")
 }
 
 #[tokio::test]
 async fn ten_thousand_users_import_then_delta_brings_only_the_changes() {
-    let sim = keyward_graph_sim::spawn(SimConfig { users: 10_000, ..SimConfig::default() }).await.expect("sim");
+    let sim = keyward_graph_sim::spawn(SimConfig {
+        users: 10_000,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
     let ctx = ctx(keyward_store::testing::sqlite().await).await;
     let org = org(&ctx, "Contoso").await;
     let runner = start_runner(&ctx);
@@ -72,12 +121,21 @@ async fn ten_thousand_users_import_then_delta_brings_only_the_changes() {
     assert_eq!(j["state"], "done", "{j}");
     assert_eq!(j["result"]["created"], 10_000, "{j}");
     assert_eq!(j["result"]["full"], true);
-    assert_eq!((j["total"].as_i64(), j["done"].as_i64()), (Some(10_000), Some(10_000)));
+    assert_eq!(
+        (j["total"].as_i64(), j["done"].as_i64()),
+        (Some(10_000), Some(10_000))
+    );
     let all = users(&ctx, &org).await;
     assert_eq!(all.len(), 10_000);
-    assert!(all.iter().all(|u| u.source == "entra" && u.external_id.is_some()));
+    assert!(
+        all.iter()
+            .all(|u| u.source == "entra" && u.external_id.is_some())
+    );
     let disabled = all.iter().filter(|u| u.status == "disabled").count();
-    assert_eq!(disabled, 200, "accounts disabled in Entra are disabled here");
+    assert_eq!(
+        disabled, 200,
+        "accounts disabled in Entra are disabled here"
+    );
 
     // Changes in the directory: one added, one renamed, one disabled, one deleted.
     let c = &sim.control;
@@ -92,26 +150,56 @@ async fn ten_thousand_users_import_then_delta_brings_only_the_changes() {
 
     let j = import(&ctx, &org, dir, None).await;
     assert_eq!(j["state"], "done", "{j}");
-    assert_eq!(j["result"]["full"], false, "the second import is incremental: {j}");
+    assert_eq!(
+        j["result"]["full"], false,
+        "the second import is incremental: {j}"
+    );
     assert_eq!(j["result"]["created"], 1, "{j}");
-    assert!(c.request_count() - before < 10, "a delta import reads only the changes, not 10,000 users");
+    assert!(
+        c.request_count() - before < 10,
+        "a delta import reads only the changes, not 10,000 users"
+    );
     let all = users(&ctx, &org).await;
-    let by_ext = |ext: &str| all.iter().find(|u| u.external_id.as_deref() == Some(ext)).expect("user").clone();
+    let by_ext = |ext: &str| {
+        all.iter()
+            .find(|u| u.external_id.as_deref() == Some(ext))
+            .expect("user")
+            .clone()
+    };
     assert_eq!(by_ext(&added).upn, "new.hire@contoso.example");
-    assert_eq!(by_ext(&renamed).display_name.as_deref(), Some("Renamed Person"));
+    assert_eq!(
+        by_ext(&renamed).display_name.as_deref(),
+        Some("Renamed Person")
+    );
     assert_eq!(by_ext(&turned_off).status, "disabled");
-    assert_eq!(by_ext(&deleted).status, "disabled", "removed from Entra: disabled here, not deleted");
+    assert_eq!(
+        by_ext(&deleted).status,
+        "disabled",
+        "removed from Entra: disabled here, not deleted"
+    );
     assert_eq!(all.len(), 10_001);
 
     // The secret appears nowhere in the audit log.
-    let audit = call(&ctx, Method::GET, "/api/v1/audit?limit=200", &org.tokens[&Role::Owner], None).await;
+    let audit = call(
+        &ctx,
+        Method::GET,
+        "/api/v1/audit?limit=200",
+        &org.tokens[&Role::Owner],
+        None,
+    )
+    .await;
     assert!(!String::from_utf8_lossy(&audit.body).contains(&secret));
     runner.abort();
 }
 
 #[tokio::test]
 async fn a_wrong_secret_fails_the_import_clearly_and_writes_no_user() {
-    let sim = keyward_graph_sim::spawn(SimConfig { users: 50, ..SimConfig::default() }).await.expect("sim");
+    let sim = keyward_graph_sim::spawn(SimConfig {
+        users: 50,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
     let ctx = ctx(keyward_store::testing::sqlite().await).await;
     let org = org(&ctx, "Contoso").await;
     let runner = start_runner(&ctx);
@@ -119,11 +207,21 @@ async fn a_wrong_secret_fails_the_import_clearly_and_writes_no_user() {
     let j = import(&ctx, &org, dir, None).await;
     assert_eq!(j["state"], "failed", "{j}");
     let err = j["error"].as_str().expect("error");
-    assert!(err.contains("could not sign in"), "plain-language reason: {err}");
+    assert!(
+        err.contains("could not sign in"),
+        "plain-language reason: {err}"
+    );
     assert!(!err.contains("not-the-secret"));
     assert!(users(&ctx, &org).await.is_empty(), "nothing half-written");
 
-    let r = call(&ctx, Method::POST, &format!("/api/v1/directories/{dir}/test"), &org.tokens[&Role::Owner], None).await;
+    let r = call(
+        &ctx,
+        Method::POST,
+        &format!("/api/v1/directories/{dir}/test"),
+        &org.tokens[&Role::Owner],
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["ok"], false);
     runner.abort();
@@ -131,7 +229,12 @@ async fn a_wrong_secret_fails_the_import_clearly_and_writes_no_user() {
 
 #[tokio::test]
 async fn missing_permission_and_malformed_pages_fail_the_import_and_a_retry_recovers() {
-    let sim = keyward_graph_sim::spawn(SimConfig { users: 30, ..SimConfig::default() }).await.expect("sim");
+    let sim = keyward_graph_sim::spawn(SimConfig {
+        users: 30,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
     let ctx = ctx(keyward_store::testing::sqlite().await).await;
     let org = org(&ctx, "Contoso").await;
     let runner = start_runner(&ctx);
@@ -141,21 +244,46 @@ async fn missing_permission_and_malformed_pages_fail_the_import_and_a_retry_reco
     sim.control.set_forbidden(true);
     let j = import(&ctx, &org, dir, None).await;
     assert_eq!(j["state"], "failed", "{j}");
-    assert!(j["error"].as_str().is_some_and(|e| e.contains("permission")), "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("permission")),
+        "{j}"
+    );
     sim.control.set_forbidden(false);
 
-    sim.control.push_fault(keyward_graph_sim::Fault::Malformed, 10);
+    sim.control
+        .push_fault(keyward_graph_sim::Fault::Malformed, 10);
     let j = import(&ctx, &org, dir, Some(json!({"full": true}))).await;
     assert_eq!(j["state"], "failed", "{j}");
-    assert!(j["error"].as_str().is_some_and(|e| e.contains("cannot understand")), "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot understand")),
+        "{j}"
+    );
     sim.control.clear_faults();
 
     // Retrying the failed job runs it again.
     let id = j["id"].as_str().expect("id");
-    let r = call(&ctx, Method::POST, &format!("/api/v1/jobs/{id}/retry"), &org.tokens[&Role::Admin], None).await;
+    let r = call(
+        &ctx,
+        Method::POST,
+        &format!("/api/v1/jobs/{id}/retry"),
+        &org.tokens[&Role::Admin],
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     for _ in 0..400 {
-        let r = call(&ctx, Method::GET, &format!("/api/v1/jobs/{id}"), &org.tokens[&Role::Admin], None).await;
+        let r = call(
+            &ctx,
+            Method::GET,
+            &format!("/api/v1/jobs/{id}"),
+            &org.tokens[&Role::Admin],
+            None,
+        )
+        .await;
         if r.json()["state"] == "done" {
             break;
         }
@@ -167,10 +295,25 @@ async fn missing_permission_and_malformed_pages_fail_the_import_and_a_retry_reco
     let r = call(&ctx, Method::POST, "/api/v1/directories/entra", &org.tokens[&Role::Owner], Some(json!({
         "name": "x", "tenant_id": "t", "client_id": "c", "client_secret": "s", "graph_url": "http://graph.example.com"
     }))).await;
-    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "plain http to a non-loopback host is refused");
-    let r = call(&ctx, Method::POST, "/api/v1/directories/entra", &org.tokens[&Role::Admin], Some(json!({
-        "name": "x", "tenant_id": "t", "client_id": "c", "client_secret": "s"
-    }))).await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "only owners register directories");
+    assert_eq!(
+        r.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "plain http to a non-loopback host is refused"
+    );
+    let r = call(
+        &ctx,
+        Method::POST,
+        "/api/v1/directories/entra",
+        &org.tokens[&Role::Admin],
+        Some(json!({
+            "name": "x", "tenant_id": "t", "client_id": "c", "client_secret": "s"
+        })),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "only owners register directories"
+    );
     runner.abort();
 }

@@ -94,7 +94,9 @@ pub struct PreflightResult {
 
 fn required(name: &str, v: &str, max: usize) -> ApiResult<()> {
     if v.trim().is_empty() || v.len() > max || v.chars().any(char::is_control) {
-        return Err(ApiError::Unprocessable(format!("{name} must be 1 to {max} printable characters")));
+        return Err(ApiError::Unprocessable(format!(
+            "{name} must be 1 to {max} printable characters"
+        )));
     }
     Ok(())
 }
@@ -113,15 +115,23 @@ pub async fn create(
     required("client_secret", &req.client_secret, 4096)?;
     let authority_url = validate_base_url(
         "authority_url",
-        req.authority_url.as_deref().unwrap_or(keyward_entra::DEFAULT_AUTHORITY_URL),
+        req.authority_url
+            .as_deref()
+            .unwrap_or(keyward_entra::DEFAULT_AUTHORITY_URL),
     )
     .map_err(|e| ApiError::Unprocessable(e.reason()))?;
-    let graph_url = validate_base_url("graph_url", req.graph_url.as_deref().unwrap_or(keyward_entra::DEFAULT_GRAPH_URL))
-        .map_err(|e| ApiError::Unprocessable(e.reason()))?;
+    let graph_url = validate_base_url(
+        "graph_url",
+        req.graph_url
+            .as_deref()
+            .unwrap_or(keyward_entra::DEFAULT_GRAPH_URL),
+    )
+    .map_err(|e| ApiError::Unprocessable(e.reason()))?;
     let id = Uuid::now_v7();
-    let sealed = s
-        .vault
-        .seal_secret(&DirectoryRecord::secret_context(p.org_id, id), req.client_secret.as_bytes())?;
+    let sealed = s.vault.seal_secret(
+        &DirectoryRecord::secret_context(p.org_id, id),
+        req.client_secret.as_bytes(),
+    )?;
     let new = NewDirectory {
         id,
         name: req.name.trim().to_owned(),
@@ -151,7 +161,10 @@ pub async fn create(
 /// The organisation's directories.
 #[utoipa::path(get, path = "/api/v1/directories", tag = "directories",
     responses((status = 200, body = [Directory])))]
-pub async fn list(State(s): State<AppState>, p: Principal) -> ApiResult<axum::Json<Vec<Directory>>> {
+pub async fn list(
+    State(s): State<AppState>,
+    p: Principal,
+) -> ApiResult<axum::Json<Vec<Directory>>> {
     let dirs = s.store.directories(p.org_id).await?;
     Ok(axum::Json(dirs.into_iter().map(Directory::from).collect()))
 }
@@ -170,16 +183,33 @@ pub async fn import(
     let full = if body.iter().all(u8::is_ascii_whitespace) {
         false
     } else {
-        serde_json::from_slice::<StartImport>(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?.full
+        serde_json::from_slice::<StartImport>(&body)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?
+            .full
     };
-    let dir = s.store.directory(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+    let dir = s
+        .store
+        .directory(p.org_id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let mut tx = s.store.begin().await?;
     let params = json!({ "directory_id": dir.id, "full": full });
-    let job = tx.insert_job(p.org_id, IMPORT_KIND, &params, &p.actor(), &[]).await?;
-    tx.append_audit(p.org_id, &p.actor(), "directory.import", &format!("directory:{id}"), json!({ "job_id": job.id, "full": full }))
+    let job = tx
+        .insert_job(p.org_id, IMPORT_KIND, &params, &p.actor(), &[])
         .await?;
+    tx.append_audit(
+        p.org_id,
+        &p.actor(),
+        "directory.import",
+        &format!("directory:{id}"),
+        json!({ "job_id": job.id, "full": full }),
+    )
+    .await?;
     tx.commit().await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(JobCreated { job_id: job.id })))
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(JobCreated { job_id: job.id }),
+    ))
 }
 
 /// Pre-flight: signs in with the app's credentials and checks the tenant's passkey policy,
@@ -187,12 +217,26 @@ pub async fn import(
 #[utoipa::path(post, path = "/api/v1/directories/{id}/test", tag = "directories",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = PreflightResult), (status = 404, body = Problem)))]
-pub async fn test(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -> ApiResult<axum::Json<PreflightResult>> {
-    let dir = s.store.directory(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+pub async fn test(
+    State(s): State<AppState>,
+    p: Principal,
+    IdPath(id): IdPath,
+) -> ApiResult<axum::Json<PreflightResult>> {
+    let dir = s
+        .store
+        .directory(p.org_id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let graph = match graph_client(&s.vault, &dir) {
         Ok(g) => g,
         Err(super::DirectoryError::Vault(e)) => return Err(e.into()),
-        Err(e) => return Ok(axum::Json(PreflightResult { ok: false, reasons: vec![e.to_string()], request_id: None })),
+        Err(e) => {
+            return Ok(axum::Json(PreflightResult {
+                ok: false,
+                reasons: vec![e.to_string()],
+                request_id: None,
+            }));
+        }
     };
     let fail = |e: keyward_entra::EntraError| PreflightResult {
         ok: false,
@@ -206,12 +250,19 @@ pub async fn test(State(s): State<AppState>, p: Principal, IdPath(id): IdPath) -
         Ok(pol) => pol,
         Err(e) => return Ok(axum::Json(fail(e))),
     };
-    let ours = OurAuthenticator { aaguid: aaguid_string(&s.aaguid), mds_attested: false };
+    let ours = OurAuthenticator {
+        aaguid: aaguid_string(&s.aaguid),
+        mds_attested: false,
+    };
     let mut reasons = Vec::new();
     if let keyward_entra::Preflight::Blocked { reason } = policy.check(&ours) {
         reasons.push(reason);
     }
-    Ok(axum::Json(PreflightResult { ok: reasons.is_empty(), reasons, request_id: None }))
+    Ok(axum::Json(PreflightResult {
+        ok: reasons.is_empty(),
+        reasons,
+        request_id: None,
+    }))
 }
 
 /// The AAGUID in Graph's textual form (lower-case, hyphenated).

@@ -37,10 +37,20 @@ impl JobRun for Imported {
     }
     fn run_item<'a>(&'a self, _item: &'a JobItemRecord) -> BoxFut<'a, ItemOutcome> {
         // Imports have no per-user items.
-        Box::pin(async { ItemOutcome::Failed { reason: "import jobs have no items".into(), request_id: None } })
+        Box::pin(async {
+            ItemOutcome::Failed {
+                reason: "import jobs have no items".into(),
+                request_id: None,
+            }
+        })
     }
     fn summary(&self) -> Option<Value> {
-        Some(self.summary.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(
+            self.summary
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -69,7 +79,11 @@ impl JobKind for ImportKind {
                 .and_then(Value::as_str)
                 .and_then(|s| s.parse().ok())
                 .ok_or("the import job names no directory")?;
-            let full_requested = job.params.get("full").and_then(Value::as_bool).unwrap_or(false);
+            let full_requested = job
+                .params
+                .get("full")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             let unavailable = |e: keyward_store::StoreError| format!("database unavailable: {e}");
             let dir = store
                 .directory(job.org_id, dir_id)
@@ -78,9 +92,13 @@ impl JobKind for ImportKind {
                 .ok_or("the directory no longer exists")?;
             let graph = graph_client(&self.deps.vault, &dir).map_err(|e| e.to_string())?;
             let source = match &dir.group_id {
-                Some(g) => UserSource::Group { group_id: g.clone() },
+                Some(g) => UserSource::Group {
+                    group_id: g.clone(),
+                },
                 None if full_requested => UserSource::Delta { delta_link: None },
-                None => UserSource::Delta { delta_link: dir.delta_link.clone() },
+                None => UserSource::Delta {
+                    delta_link: dir.delta_link.clone(),
+                },
             };
             let mut pages = graph.users(source);
             let mut counts = ImportCounts::default();
@@ -99,10 +117,16 @@ impl JobKind for ImportKind {
                 let nameless = page.users.len() - users.len();
                 seen += i64::try_from(page.users.len()).unwrap_or(i64::MAX);
                 let mut tx = store.begin().await.map_err(unavailable)?;
-                let mut c = tx.import_users(job.org_id, dir.id, job.id, &users).await.map_err(unavailable)?;
+                let mut c = tx
+                    .import_users(job.org_id, dir.id, job.id, &users)
+                    .await
+                    .map_err(unavailable)?;
                 c.skipped += nameless as u64;
                 if !page.removed.is_empty() {
-                    let n = tx.disable_directory_users(dir.id, &page.removed).await.map_err(unavailable)?;
+                    let n = tx
+                        .disable_directory_users(dir.id, &page.removed)
+                        .await
+                        .map_err(unavailable)?;
                     c.disabled += n;
                     removed_total += page.removed.len() as u64;
                 }
@@ -120,9 +144,14 @@ impl JobKind for ImportKind {
             }
             let mut tx = store.begin().await.map_err(unavailable)?;
             if full {
-                counts.disabled += tx.disable_unseen_directory_users(dir.id, job.id).await.map_err(unavailable)?;
+                counts.disabled += tx
+                    .disable_unseen_directory_users(dir.id, job.id)
+                    .await
+                    .map_err(unavailable)?;
             }
-            tx.set_delta_link(dir.id, delta_link.as_deref()).await.map_err(unavailable)?;
+            tx.set_delta_link(dir.id, delta_link.as_deref())
+                .await
+                .map_err(unavailable)?;
             tx.append_audit(
                 job.org_id,
                 &job.created_by,
@@ -138,7 +167,15 @@ impl JobKind for ImportKind {
             tx.commit().await.map_err(unavailable)?;
             // Skipped users (no UPN, or a UPN held by a user of another directory) are reported
             // in the summary; they do not fail the job.
-            store.set_job_progress(job.id, i32::try_from(seen).unwrap_or(i32::MAX), i32::try_from(seen).unwrap_or(i32::MAX), 0).await.map_err(unavailable)?;
+            store
+                .set_job_progress(
+                    job.id,
+                    i32::try_from(seen).unwrap_or(i32::MAX),
+                    i32::try_from(seen).unwrap_or(i32::MAX),
+                    0,
+                )
+                .await
+                .map_err(unavailable)?;
             tracing::info!(job_id = %job.id, directory_id = %dir.id, full, created = counts.created,
                 updated = counts.updated, disabled = counts.disabled, "directory import finished");
             Ok(Arc::new(Imported {

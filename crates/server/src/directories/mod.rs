@@ -27,11 +27,18 @@ pub fn graph_client(vault: &Vault, dir: &DirectoryRecord) -> Result<GraphClient,
     let context = DirectoryRecord::secret_context(dir.org_id, dir.id);
     let secret = vault.open_secret(&context, &dir.sealed_client_secret)?;
     let secret = String::from_utf8(secret.to_vec()).map_err(|_| {
-        keyward_entra::EntraError::new(keyward_entra::ErrorKind::Config, "the stored client secret is not text")
+        keyward_entra::EntraError::new(
+            keyward_entra::ErrorKind::Config,
+            "the stored client secret is not text",
+        )
     })?;
-    let config = EntraConfig::new(&dir.tenant_id, &dir.client_id, ClientCredential::Secret(Secret::new(secret)))
-        .with_authority_url(&dir.authority_url)
-        .with_graph_url(&dir.graph_url);
+    let config = EntraConfig::new(
+        &dir.tenant_id,
+        &dir.client_id,
+        ClientCredential::Secret(Secret::new(secret)),
+    )
+    .with_authority_url(&dir.authority_url)
+    .with_graph_url(&dir.graph_url);
     Ok(GraphClient::new(config)?)
 }
 

@@ -117,7 +117,10 @@ pub struct RetryResult {
 }
 
 pub(crate) fn is_terminal(state: &str) -> bool {
-    matches!(state, job_state::DONE | job_state::FAILED | job_state::CANCELLED)
+    matches!(
+        state,
+        job_state::DONE | job_state::FAILED | job_state::CANCELLED
+    )
 }
 
 /// Progress and items of a job.
@@ -133,7 +136,11 @@ pub async fn get_job(
     let limit = match q.limit {
         None => 1000,
         Some(l) if (1..=10_000).contains(&l) => l,
-        Some(_) => return Err(ApiError::BadRequest("limit must be between 1 and 10000".into())),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "limit must be between 1 and 10000".into(),
+            ));
+        }
     };
     let after = match q.cursor.as_deref() {
         None => None,
@@ -230,9 +237,19 @@ pub async fn retry(
     p: Principal,
     IdPath(id): IdPath,
 ) -> ApiResult<(StatusCode, axum::Json<RetryResult>)> {
-    let retried = s.store.retry_job(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+    let retried = s
+        .store
+        .retry_job(p.org_id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     audit(&s, &p, "job.retry", id, json!({ "retried": retried })).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(RetryResult { job_id: id, retried })))
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(RetryResult {
+            job_id: id,
+            retried,
+        }),
+    ))
 }
 
 /// Cancels a queued or running job; items already running finish their attempt.
@@ -244,7 +261,11 @@ pub async fn cancel(
     p: Principal,
     IdPath(id): IdPath,
 ) -> ApiResult<axum::Json<JobProgress>> {
-    let job = s.store.cancel_job(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+    let job = s
+        .store
+        .cancel_job(p.org_id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     audit(&s, &p, "job.cancel", id, json!({ "state": job.state })).await?;
     Ok(axum::Json(JobProgress::from(&job)))
 }
@@ -257,8 +278,14 @@ async fn audit(
     detail: serde_json::Value,
 ) -> ApiResult<()> {
     let mut tx = s.store.begin().await?;
-    tx.append_audit(p.org_id, &p.actor(), action, &format!("job:{job_id}"), detail)
-        .await?;
+    tx.append_audit(
+        p.org_id,
+        &p.actor(),
+        action,
+        &format!("job:{job_id}"),
+        detail,
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

@@ -226,7 +226,11 @@ impl JobRunner {
         loop {
             // Claim as many jobs as there is room for.
             while let Ok(slot) = running.clone().try_acquire_owned() {
-                match self.store.claim_job(&self.cfg.worker_id, self.lease_until()).await {
+                match self
+                    .store
+                    .claim_job(&self.cfg.worker_id, self.lease_until())
+                    .await
+                {
                     Ok(Some(job)) => {
                         let me = self.clone();
                         tokio::spawn(async move {
@@ -335,7 +339,8 @@ impl JobRunner {
                             return Ok(());
                         }
                         // A retry arrived between the two reads, or the job is no longer ours.
-                        if self.store.job_state(job.id).await?.as_deref() != Some(job_state::RUNNING)
+                        if self.store.job_state(job.id).await?.as_deref()
+                            != Some(job_state::RUNNING)
                         {
                             return Ok(());
                         }
@@ -396,9 +401,15 @@ impl JobRunner {
         Ok(())
     }
 
-    fn finish_for(&self, item: &JobItemRecord, outcome: ItemOutcome, gate: &TenantGate) -> ItemFinish {
+    fn finish_for(
+        &self,
+        item: &JobItemRecord,
+        outcome: ItemOutcome,
+        gate: &TenantGate,
+    ) -> ItemFinish {
         let later = |d: Duration| {
-            keyward_store::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(60))
+            keyward_store::now()
+                + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(60))
         };
         match outcome {
             ItemOutcome::Done(result) => ItemFinish::Done { result },
@@ -414,7 +425,10 @@ impl JobRunner {
                 gate.pause(after);
                 if item.attempts >= self.cfg.max_throttled_attempts {
                     ItemFinish::Failed {
-                        error: format!("still throttled after {} attempts: {reason}", item.attempts),
+                        error: format!(
+                            "still throttled after {} attempts: {reason}",
+                            item.attempts
+                        ),
                         request_id,
                     }
                 } else {
@@ -432,7 +446,8 @@ impl JobRunner {
                         request_id,
                     }
                 } else {
-                    let exp = u32::try_from(item.attempts.saturating_sub(1).clamp(0, 10)).unwrap_or(0);
+                    let exp =
+                        u32::try_from(item.attempts.saturating_sub(1).clamp(0, 10)).unwrap_or(0);
                     ItemFinish::Retry {
                         error: reason,
                         request_id,

@@ -58,26 +58,40 @@ pub async fn start(
         return Err(ApiError::Unprocessable("rp must be \"microsoft\"".into()));
     }
     if req.mode != "automated" && req.mode != "manual" {
-        return Err(ApiError::Unprocessable("mode must be \"automated\" or \"manual\"".into()));
+        return Err(ApiError::Unprocessable(
+            "mode must be \"automated\" or \"manual\"".into(),
+        ));
     }
     if req.user_ids.is_empty() || req.user_ids.len() > MAX_USERS_PER_JOB {
-        return Err(ApiError::Unprocessable(format!("user_ids must name 1 to {MAX_USERS_PER_JOB} users")));
+        return Err(ApiError::Unprocessable(format!(
+            "user_ids must name 1 to {MAX_USERS_PER_JOB} users"
+        )));
     }
     let mut ids = req.user_ids.clone();
     ids.sort();
     ids.dedup();
     if ids.len() != req.user_ids.len() {
-        return Err(ApiError::Unprocessable("user_ids contains duplicates".into()));
+        return Err(ApiError::Unprocessable(
+            "user_ids contains duplicates".into(),
+        ));
     }
     let dir = match req.directory_id {
-        Some(id) => s.store.directory(p.org_id, id).await?.ok_or_else(|| ApiError::Unprocessable("no such directory".into()))?,
+        Some(id) => s
+            .store
+            .directory(p.org_id, id)
+            .await?
+            .ok_or_else(|| ApiError::Unprocessable("no such directory".into()))?,
         None => s
             .store
             .directories(p.org_id)
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| ApiError::Unprocessable("register an Entra ID directory first (POST /directories/entra)".into()))?,
+            .ok_or_else(|| {
+                ApiError::Unprocessable(
+                    "register an Entra ID directory first (POST /directories/entra)".into(),
+                )
+            })?,
     };
     let mut tx = s.store.begin().await?;
     for id in &req.user_ids {
@@ -89,7 +103,9 @@ pub async fn start(
     let params = json!({
         "rp": req.rp, "mode": req.mode, "directory_id": dir.id, "assign_missing_keys": req.assign_missing_keys,
     });
-    let job = tx.insert_job(p.org_id, PROVISION_KIND, &params, &p.actor(), &req.user_ids).await?;
+    let job = tx
+        .insert_job(p.org_id, PROVISION_KIND, &params, &p.actor(), &req.user_ids)
+        .await?;
     tx.append_audit(
         p.org_id,
         &p.actor(),
@@ -100,7 +116,10 @@ pub async fn start(
     )
     .await?;
     tx.commit().await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(JobCreated { job_id: job.id })))
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(JobCreated { job_id: job.id }),
+    ))
 }
 
 /// `{id}` and `{user_id}` path parameters; anything else is 404.
@@ -120,33 +139,73 @@ impl<S: Send + Sync> FromRequestParts<S> for ItemPath {
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/items/{user_id}/tap", tag = "provisioning",
     params(("id" = Uuid, Path), ("user_id" = Uuid, Path)),
     responses((status = 200, body = RevealedTap), (status = 404, body = Problem), (status = 410, body = Problem)))]
-pub async fn reveal_tap(State(s): State<AppState>, p: Principal, ItemPath(job_id, user_id): ItemPath) -> ApiResult<axum::Json<RevealedTap>> {
-    let job = s.store.job(p.org_id, job_id).await?.ok_or(ApiError::NotFound)?;
-    let item = s.store.job_item(job.id, user_id).await?.ok_or(ApiError::NotFound)?;
+pub async fn reveal_tap(
+    State(s): State<AppState>,
+    p: Principal,
+    ItemPath(job_id, user_id): ItemPath,
+) -> ApiResult<axum::Json<RevealedTap>> {
+    let job = s
+        .store
+        .job(p.org_id, job_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let item = s
+        .store
+        .job_item(job.id, user_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let mut result = item.result.clone().unwrap_or(json!({}));
-    let sealed = result.get("tap_sealed").and_then(|v| v.as_str()).map(str::to_owned);
+    let sealed = result
+        .get("tap_sealed")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
     let Some(sealed) = sealed.filter(|_| item.state == item_state::DONE) else {
-        return Err(ApiError::Conflict("no Temporary Access Pass to show: none was created, or it was shown already".into()));
+        return Err(ApiError::Conflict(
+            "no Temporary Access Pass to show: none was created, or it was shown already".into(),
+        ));
     };
-    let blob = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, sealed.as_bytes())
-        .map_err(|_| ApiError::Internal("stored pass is not base64".into()))?;
-    let pass = s.vault.open_secret(&tap_context(p.org_id, job_id, user_id), &blob)?;
-    let pass = Zeroizing::new(String::from_utf8(pass.to_vec()).map_err(|_| ApiError::Internal("stored pass is not text".into()))?);
+    let blob = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        sealed.as_bytes(),
+    )
+    .map_err(|_| ApiError::Internal("stored pass is not base64".into()))?;
+    let pass = s
+        .vault
+        .open_secret(&tap_context(p.org_id, job_id, user_id), &blob)?;
+    let pass = Zeroizing::new(
+        String::from_utf8(pass.to_vec())
+            .map_err(|_| ApiError::Internal("stored pass is not text".into()))?,
+    );
     // Forget it before answering: shown once means at most once, even if the answer is lost.
     if let Some(obj) = result.as_object_mut() {
         obj.remove("tap_sealed");
         obj.insert("tap_revealed".into(), json!(true));
     }
-    s.store.set_item_result(job_id, user_id, Some(&result)).await?;
-    let mut tx = s.store.begin().await?;
-    tx.append_audit(p.org_id, &p.actor(), "provisioning.tap_revealed", &format!("user:{user_id}"), json!({ "job_id": job_id }))
+    s.store
+        .set_item_result(job_id, user_id, Some(&result))
         .await?;
+    let mut tx = s.store.begin().await?;
+    tx.append_audit(
+        p.org_id,
+        &p.actor(),
+        "provisioning.tap_revealed",
+        &format!("user:{user_id}"),
+        json!({ "job_id": job_id }),
+    )
+    .await?;
     tx.commit().await?;
-    let upn = s.store.user(p.org_id, user_id).await?.map(|u| u.upn).unwrap_or_default();
+    let upn = s
+        .store
+        .user(p.org_id, user_id)
+        .await?
+        .map(|u| u.upn)
+        .unwrap_or_default();
     Ok(axum::Json(RevealedTap {
         user_id,
         temporary_access_pass: pass.to_string(),
-        expires_in_minutes: result.get("tap_expires_in_minutes").and_then(|v| v.as_u64()),
+        expires_in_minutes: result
+            .get("tap_expires_in_minutes")
+            .and_then(|v| v.as_u64()),
         instructions: instructions(&upn),
     }))
 }

@@ -38,7 +38,11 @@ pub(super) async fn run(
     user: &UserRecord,
     graph_user: &str,
 ) -> Result<ItemOutcome, ItemOutcome> {
-    let req = TapRequest { start: None, lifetime_minutes: Some(TAP_LIFETIME_MINUTES), usable_once: Some(true) };
+    let req = TapRequest {
+        start: None,
+        lifetime_minutes: Some(TAP_LIFETIME_MINUTES),
+        usable_once: Some(true),
+    };
     let tap = run
         .graph
         .create_temporary_access_pass(graph_user, &req)

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyward_authenticator::Policy;
-use keyward_entra::{ApiVersion, EntraError, ErrorKind, GraphClient, OurAuthenticator, Preflight, Registration};
+use keyward_entra::{
+    ApiVersion, EntraError, ErrorKind, GraphClient, OurAuthenticator, Preflight, Registration,
+};
 use keyward_store::{DirectoryRecord, JobItemRecord, JobRecord, RpRegistration, Store, UserRecord};
 use keyward_vault::Vault;
 use serde_json::{Value, json};
@@ -74,8 +76,14 @@ pub(crate) fn outcome_of(e: &EntraError) -> ItemOutcome {
             reason: e.reason(),
             request_id,
         },
-        ErrorKind::Transport => ItemOutcome::Transient { reason: e.reason(), request_id },
-        _ => ItemOutcome::Failed { reason: e.reason(), request_id },
+        ErrorKind::Transport => ItemOutcome::Transient {
+            reason: e.reason(),
+            request_id,
+        },
+        _ => ItemOutcome::Failed {
+            reason: e.reason(),
+            request_id,
+        },
     }
 }
 
@@ -141,7 +149,10 @@ impl JobKind for ProvisionKind {
                 graph,
                 blocked,
                 manual,
-                assign_missing_keys: p.get("assign_missing_keys").and_then(Value::as_bool).unwrap_or(false),
+                assign_missing_keys: p
+                    .get("assign_missing_keys")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
                 dir,
             }) as Arc<dyn JobRun>)
         })
@@ -156,7 +167,10 @@ impl JobRun for Run {
     fn run_item<'a>(&'a self, item: &'a JobItemRecord) -> BoxFut<'a, ItemOutcome> {
         Box::pin(async move {
             if let Some((reason, request_id)) = &self.blocked {
-                return ItemOutcome::Failed { reason: reason.clone(), request_id: request_id.clone() };
+                return ItemOutcome::Failed {
+                    reason: reason.clone(),
+                    request_id: request_id.clone(),
+                };
             }
             match self.item(item).await {
                 Ok(o) | Err(o) => o,
@@ -166,17 +180,29 @@ impl JobRun for Run {
 }
 
 fn fail(reason: impl Into<String>) -> ItemOutcome {
-    ItemOutcome::Failed { reason: reason.into(), request_id: None }
+    ItemOutcome::Failed {
+        reason: reason.into(),
+        request_id: None,
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ItemOutcome {
-    ItemOutcome::Transient { reason: format!("Keyward's database or vault is unavailable: {e}"), request_id: None }
+    ItemOutcome::Transient {
+        reason: format!("Keyward's database or vault is unavailable: {e}"),
+        request_id: None,
+    }
 }
 
 impl Run {
     /// The id Graph knows the user by: the object id for imported users, else the UPN.
     async fn graph_user(&self, user: &UserRecord) -> Result<String, ItemOutcome> {
-        match self.deps.store.directory_user(user.id).await.map_err(unavailable)? {
+        match self
+            .deps
+            .store
+            .directory_user(user.id)
+            .await
+            .map_err(unavailable)?
+        {
             Some((dir, ext)) if dir == self.dir.id => Ok(ext),
             _ => Ok(user.upn.clone()),
         }
@@ -191,9 +217,16 @@ impl Run {
             .map_err(unavailable)?
             .ok_or_else(|| fail("The user no longer exists in Keyward."))?;
         if user.status == "disabled" {
-            return Err(fail("The user is disabled in Keyward; enable them before provisioning."));
+            return Err(fail(
+                "The user is disabled in Keyward; enable them before provisioning.",
+            ));
         }
-        if self.dir.consenting_upn.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(&user.upn)) {
+        if self
+            .dir
+            .consenting_upn
+            .as_deref()
+            .is_some_and(|c| c.eq_ignore_ascii_case(&user.upn))
+        {
             return Err(fail(
                 "This is the account that granted Keyward's app its permissions in Entra ID; Entra refuses to \
                  provision passkeys for it (405). Register this user's passkey by hand instead.",
@@ -209,9 +242,16 @@ impl Run {
 
     async fn key_of(&self, user: &UserRecord) -> Result<Uuid, ItemOutcome> {
         let store = &self.deps.store;
-        match store.key_for_user(self.job.org_id, user.id).await.map_err(unavailable)? {
+        match store
+            .key_for_user(self.job.org_id, user.id)
+            .await
+            .map_err(unavailable)?
+        {
             Some(k) if k.status == "active" => Ok(k.id),
-            Some(k) => Err(fail(format!("The user's security key is {}; resume it before provisioning.", k.status))),
+            Some(k) => Err(fail(format!(
+                "The user's security key is {}; resume it before provisioning.",
+                k.status
+            ))),
             None if self.assign_missing_keys => {
                 let k = self
                     .deps
@@ -228,10 +268,22 @@ impl Run {
     }
 
     /// Deletes a local credential (with its audit entry) that Entra does not have.
-    async fn drop_local(&self, key_id: Uuid, credential_id: &[u8], why: &str) -> Result<(), ItemOutcome> {
+    async fn drop_local(
+        &self,
+        key_id: Uuid,
+        credential_id: &[u8],
+        why: &str,
+    ) -> Result<(), ItemOutcome> {
         let store = &self.deps.store;
-        let mut tx = store.begin_key(self.job.org_id, key_id).await.map_err(unavailable)?;
-        if tx.delete_credential(credential_id).await.map_err(unavailable)? {
+        let mut tx = store
+            .begin_key(self.job.org_id, key_id)
+            .await
+            .map_err(unavailable)?;
+        if tx
+            .delete_credential(credential_id)
+            .await
+            .map_err(unavailable)?
+        {
             tx.append_audit(
                 self.job.org_id,
                 &self.job.created_by,
@@ -278,7 +330,9 @@ impl Run {
         .await
         .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(ItemOutcome::Done(Some(json!({ "method_id": method_id, "credential_id": hex::encode(credential_id) }))))
+        Ok(ItemOutcome::Done(Some(
+            json!({ "method_id": method_id, "credential_id": hex::encode(credential_id) }),
+        )))
     }
 
     async fn automated(
@@ -290,20 +344,37 @@ impl Run {
     ) -> Result<ItemOutcome, ItemOutcome> {
         let store = &self.deps.store;
         let org = self.job.org_id;
-        let regs = store.rp_registrations(org, user.id, RP_MICROSOFT).await.map_err(unavailable)?;
+        let regs = store
+            .rp_registrations(org, user.id, RP_MICROSOFT)
+            .await
+            .map_err(unavailable)?;
         // Reconcile with Entra whenever something may already be there.
         if item.intent_credential_id.is_some() || !regs.is_empty() {
-            let methods = self.graph.list_passkeys(graph_user).await.map_err(|e| outcome_of(&e))?;
+            let methods = self
+                .graph
+                .list_passkeys(graph_user)
+                .await
+                .map_err(|e| outcome_of(&e))?;
             if let Some(cid) = &item.intent_credential_id {
                 let name = display_name_for(cid);
-                if let Some(m) = methods.iter().find(|m| m.display_name.as_deref() == Some(name.as_str())) {
+                if let Some(m) = methods
+                    .iter()
+                    .find(|m| m.display_name.as_deref() == Some(name.as_str()))
+                {
                     let out = self.record(user, key_id, cid, &m.id).await?;
-                    store.set_item_intent(item.job_id, item.user_id, None).await.map_err(unavailable)?;
+                    store
+                        .set_item_intent(item.job_id, item.user_id, None)
+                        .await
+                        .map_err(unavailable)?;
                     return Ok(out);
                 }
                 // Graph never accepted it: drop it locally and start over.
-                self.drop_local(key_id, cid, "not registered in Entra").await?;
-                store.set_item_intent(item.job_id, item.user_id, None).await.map_err(unavailable)?;
+                self.drop_local(key_id, cid, "not registered in Entra")
+                    .await?;
+                store
+                    .set_item_intent(item.job_id, item.user_id, None)
+                    .await
+                    .map_err(unavailable)?;
             }
             for r in &regs {
                 if methods.iter().any(|m| m.id == r.external_id) {
@@ -312,36 +383,60 @@ impl Run {
                     }))));
                 }
                 // Removed from Entra since: the local credential is an orphan.
-                self.drop_local(r.key_id, &r.credential_id, "removed from Entra").await?;
+                self.drop_local(r.key_id, &r.credential_id, "removed from Entra")
+                    .await?;
             }
         }
 
-        let opts = self.graph.creation_options(graph_user, None).await.map_err(|e| {
-            if e.kind == ErrorKind::ConsentingAdmin {
-                self.remember_consenting(user);
-            }
-            outcome_of(&e)
-        })?;
+        let opts = self
+            .graph
+            .creation_options(graph_user, None)
+            .await
+            .map_err(|e| {
+                if e.kind == ErrorKind::ConsentingAdmin {
+                    self.remember_consenting(user);
+                }
+                outcome_of(&e)
+            })?;
         let request = opts.authenticator_request().map_err(|e| outcome_of(&e))?;
         // Automated credentials for this RP with no registration were never sent to Graph (the
         // intent is written first): leftovers of a crash between makeCredential and the intent.
         let registered: Vec<Vec<u8>> = regs.iter().map(|r| r.credential_id.clone()).collect();
-        for c in store.credentials_of_user(org, user.id).await.map_err(unavailable)? {
-            if c.rp_id == opts.rp_id && c.via == "automated" && !registered.contains(&c.credential_id) {
-                self.drop_local(key_id, &c.credential_id, "never registered in Entra").await?;
+        for c in store
+            .credentials_of_user(org, user.id)
+            .await
+            .map_err(unavailable)?
+        {
+            if c.rp_id == opts.rp_id
+                && c.via == "automated"
+                && !registered.contains(&c.credential_id)
+            {
+                self.drop_local(key_id, &c.credential_id, "never registered in Entra")
+                    .await?;
             }
         }
-        let policy = Policy { preauthorized_uv: true, ..Policy::default() };
+        let policy = Policy {
+            preauthorized_uv: true,
+            ..Policy::default()
+        };
         let response = self
             .deps
             .keyops
-            .ctap(org, key_id, &self.job.created_by, policy, ctap::make_credential_request(&request))
+            .ctap(
+                org,
+                key_id,
+                &self.job.created_by,
+                policy,
+                ctap::make_credential_request(&request),
+            )
             .await
             .map_err(|e| {
                 if e.is_unavailable() {
                     unavailable(e)
                 } else {
-                    fail(format!("The user's security key refused the operation: {e}"))
+                    fail(format!(
+                        "The user's security key refused the operation: {e}"
+                    ))
                 }
             })?;
         let made = ctap::parse_make_credential(&response).map_err(|e| match e {
@@ -362,24 +457,39 @@ impl Run {
             attestation_object: made.attestation_object.clone(),
             client_extension_results: json!({}),
         };
-        match self.graph.register_passkey(graph_user, &reg, ApiVersion::V1).await {
+        match self
+            .graph
+            .register_passkey(graph_user, &reg, ApiVersion::V1)
+            .await
+        {
             Ok(method) => {
-                let out = self.record(user, key_id, &made.credential_id, &method.id).await?;
-                store.set_item_intent(item.job_id, item.user_id, None).await.map_err(unavailable)?;
+                let out = self
+                    .record(user, key_id, &made.credential_id, &method.id)
+                    .await?;
+                store
+                    .set_item_intent(item.job_id, item.user_id, None)
+                    .await
+                    .map_err(unavailable)?;
                 Ok(out)
             }
             // Ambiguous (the request may have reached Graph): keep the intent; the next attempt
             // reconciles by listing the user's passkeys.
             Err(e) if e.is_transient() => Err(outcome_of(&e)),
             // An answer we could not read may still mean "registered": reconcile next attempt.
-            Err(e) if matches!(e.kind, ErrorKind::BadResponse { .. }) => Err(ItemOutcome::Transient {
-                reason: e.reason(),
-                request_id: e.request_id.clone(),
-            }),
+            Err(e) if matches!(e.kind, ErrorKind::BadResponse { .. }) => {
+                Err(ItemOutcome::Transient {
+                    reason: e.reason(),
+                    request_id: e.request_id.clone(),
+                })
+            }
             Err(e) => {
                 // A definite refusal: nothing is registered, so nothing is kept.
-                self.drop_local(key_id, &made.credential_id, "refused by Entra").await?;
-                store.set_item_intent(item.job_id, item.user_id, None).await.map_err(unavailable)?;
+                self.drop_local(key_id, &made.credential_id, "refused by Entra")
+                    .await?;
+                store
+                    .set_item_intent(item.job_id, item.user_id, None)
+                    .await
+                    .map_err(unavailable)?;
                 if e.kind == ErrorKind::ConsentingAdmin {
                     self.remember_consenting(user);
                 }
@@ -390,7 +500,12 @@ impl Run {
 
     /// Entra refused with 405: remember the account so later jobs refuse it up front.
     fn remember_consenting(&self, user: &UserRecord) {
-        let (store, org, dir, upn) = (self.deps.store.clone(), self.job.org_id, self.dir.id, user.upn.clone());
+        let (store, org, dir, upn) = (
+            self.deps.store.clone(),
+            self.job.org_id,
+            self.dir.id,
+            user.upn.clone(),
+        );
         tokio::spawn(async move {
             if let Err(e) = store.set_consenting_upn(org, dir, &upn).await {
                 tracing::warn!(error = %e, "could not remember the consenting account");

@@ -263,6 +263,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses_to_the_defaults() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/keyward.example.toml");
+        let (c, _) = Config::load(Some(Path::new(example)), &env(&[])).expect("example config");
+        let (d, _) = Config::load(None, &env(&[])).expect("defaults");
+        assert_eq!(
+            (c.listen, c.data_dir, c.session_hours),
+            (d.listen, d.data_dir, d.session_hours)
+        );
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let (c, _) = Config::load(
             None,

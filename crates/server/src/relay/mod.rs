@@ -240,7 +240,11 @@ pub fn router(hub: Arc<RelayHub>) -> Router {
 }
 
 async fn ws_upgrade(State(hub): State<Arc<RelayHub>>, ws: WebSocketUpgrade) -> Response {
+    // A relayed CTAP message is at most ~10 KiB of JSON. Small buffers keep an idle tool's
+    // connection cheap (tungstenite's default 128 KiB read buffer would dominate at 1,000 tools).
     ws.max_message_size(64 * 1024)
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             if let Err(reason) = serve_connection(hub, socket).await {
                 tracing::debug!(%reason, "relay connection ended");

@@ -356,6 +356,11 @@ pub async fn register(
             "publicKeyCredential.id differs from the credential id in authenticator data",
         ));
     }
+    if !matches!(cred.public_key.alg(), -7 | -257) {
+        return Err(reject(
+            "the credential algorithm is not one of the offered pubKeyCredParams (ES256, RS256)",
+        ));
+    }
     let cdh = digest::digest(&digest::SHA256, &client_data);
     let verified = webauthn::verify_attestation(&att, cdh.as_ref()).map_err(reject)?;
 

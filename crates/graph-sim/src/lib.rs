@@ -8,6 +8,19 @@
 //! injects faults (latency, 5xx, 429, dropped connections, malformed JSON, missing permission,
 //! token expiry) and proves a registered passkey works through a sign-in ceremony.
 //!
+//! Control API (no authentication; loopback only):
+//!
+//! | request | effect |
+//! |---|---|
+//! | `POST /_sim/users {userPrincipalName, displayName?}` | add a user (201 `{id}`) |
+//! | `PATCH /_sim/users/{id} {displayName?, accountEnabled?}` / `DELETE /_sim/users/{id}` | change / remove (delta reports it) |
+//! | `POST /_sim/faults {latency_ms?, forbid?, fault?, count?, attestation_enforced?}` | `fault` is `{"kind":"status","status":503,"retry_after":2}`, `{"kind":"throttle","retry_after":2}`, `{"kind":"drop"}` or `{"kind":"malformed"}`, queued `count` times |
+//! | `POST /_sim/tokens/expire` | every issued access token expires |
+//! | `POST /_sim/delta/expire {code: "syncStateNotFound"\|"resyncRequired"}` | every delta token answers 410 |
+//! | `GET` / `PUT /_sim/policy` | the FIDO2 policy (Graph's JSON shape) |
+//! | `GET /_sim/signin/challenge?user=UPN`, `POST /_sim/signin {user, id, clientDataJSON, authenticatorData, signature, userHandle?}` | prove a registered passkey signs in |
+//! | `GET /_sim/stats` | request and user counts |
+//!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let sim = keyward_graph_sim::spawn(keyward_graph_sim::SimConfig::default()).await?;

@@ -16,12 +16,15 @@ fn concrete(
     path: &str,
     user: Uuid,
     key: Uuid,
+    admin: Uuid,
     n: usize,
 ) -> (String, Option<&'static str>, Vec<u8>) {
     let p = if path.starts_with("/users/{id}") {
         path.replace("{id}", &user.to_string())
     } else if path.starts_with("/keys/{id}") {
         path.replace("{id}", &key.to_string())
+    } else if path.starts_with("/admins/{id}") {
+        path.replace("{id}", &admin.to_string())
     } else {
         path.replace("{id}", &Uuid::new_v4().to_string())
     };
@@ -54,12 +57,20 @@ fn concrete(
     (format!("/api/v1{p}"), ct, body)
 }
 
+async fn admin_id(ctx: &Ctx, token: &str) -> Uuid {
+    let me = call(ctx, Method::GET, "/api/v1/auth/me", token, None)
+        .await
+        .json();
+    me["id"].as_str().expect("id").parse().expect("uuid")
+}
+
 #[tokio::test]
 async fn every_role_on_every_route_gets_exactly_its_permission() {
     for db in keyward_store::testing::all().await {
         let ctx = ctx(db).await;
         let org = org(&ctx, "A").await;
         let (user, key) = user_with_key(&ctx, &org, "target@a.test").await;
+        let auditor = admin_id(&ctx, &org.tokens[&Role::Auditor]).await;
         let mut n = 0;
         let mut checked = 0;
         for spec in routes() {
@@ -67,7 +78,7 @@ async fn every_role_on_every_route_gets_exactly_its_permission() {
                 continue;
             }
             // Unauthenticated callers are refused on every non-public route.
-            let (path, ct, body) = concrete(spec.path, user, key, n);
+            let (path, ct, body) = concrete(spec.path, user, key, auditor, n);
             let r = send(
                 &ctx.app,
                 request(spec.method.clone(), &path, None, ct, body),
@@ -84,7 +95,7 @@ async fn every_role_on_every_route_gets_exactly_its_permission() {
 
             for role in Role::ALL {
                 n += 1;
-                let (path, ct, body) = concrete(spec.path, user, key, n);
+                let (path, ct, body) = concrete(spec.path, user, key, auditor, n);
                 let r = send(
                     &ctx.app,
                     request(
@@ -150,12 +161,13 @@ async fn another_organisations_objects_answer_404_by_id_and_by_search() {
         let a = org(&ctx, "A").await;
         let b = org(&ctx, "B").await;
         let (b_user, b_key) = user_with_key(&ctx, &b, "secret-user@b.test").await;
+        let b_admin = admin_id(&ctx, &b.tokens[&Role::Helpdesk]).await;
         let owner_a = &a.tokens[&Role::Owner];
         for spec in routes() {
             if !spec.path.contains("{id}") {
                 continue;
             }
-            let (path, ct, body) = concrete(spec.path, b_user, b_key, 0);
+            let (path, ct, body) = concrete(spec.path, b_user, b_key, b_admin, 0);
             let r = send(
                 &ctx.app,
                 request(spec.method.clone(), &path, Some(owner_a), ct, body),

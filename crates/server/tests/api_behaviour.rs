@@ -577,3 +577,34 @@ async fn openapi_document_lists_every_table_route() {
         );
     }
 }
+
+#[tokio::test]
+async fn readiness_follows_the_database_and_writes_fail_closed_without_it() {
+    let ctx = ctx(keyward_store::testing::sqlite().await).await;
+    let org = org(&ctx, "A").await;
+    let get = |p: &str| request(Method::GET, p, None, None, vec![]);
+    assert_eq!(send(&ctx.app, get("/healthz")).await.status, StatusCode::OK);
+    assert_eq!(send(&ctx.app, get("/readyz")).await.status, StatusCode::OK);
+    ctx.state.store.close().await;
+    let r = send(&ctx.app, get("/readyz")).await;
+    assert_problem(&r, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert_eq!(
+        send(&ctx.app, get("/healthz")).await.status,
+        StatusCode::OK,
+        "liveness does not depend on the database"
+    );
+    let started = std::time::Instant::now();
+    let r = call(
+        &ctx,
+        Method::GET,
+        "/api/v1/users",
+        &org.tokens[&Role::Owner],
+        None,
+    )
+    .await;
+    assert_problem(&r, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "refusals come within 2 s"
+    );
+}

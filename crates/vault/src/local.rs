@@ -135,6 +135,25 @@ fn read_key_lines(path: &Path) -> Result<BTreeMap<i32, Zeroizing<String>>, Vault
     Ok(out)
 }
 
+const KEY_FILE_HEADER: &str = "# Keyward vault key-encryption keys: `<version> <base64>`, the highest version is current.\n\
+     # Whoever holds this file and the database can sign as every user. Back it up apart from\n\
+     # the database; never share it.\n";
+
+/// The key file's text, built in one buffer sized up front so that no reallocation leaves a copy
+/// of a key behind un-zeroized.
+fn key_file_text<'a>(keys: impl Iterator<Item = (i32, &'a str)> + Clone) -> Zeroizing<String> {
+    let len = KEY_FILE_HEADER.len() + keys.clone().map(|(_, b64)| b64.len() + 16).sum::<usize>();
+    let mut text = Zeroizing::new(String::with_capacity(len));
+    text.push_str(KEY_FILE_HEADER);
+    for (v, b64) in keys {
+        text.push_str(&v.to_string());
+        text.push(' ');
+        text.push_str(b64);
+        text.push('\n');
+    }
+    text
+}
+
 /// Writes the key file atomically (temp file with mode 0600, fsync, rename, fsync directory), so a
 /// crash leaves either the old or the new file, never a torn one that would lose every key.
 fn write_key_file(path: &Path, keys: &BTreeMap<i32, Zeroizing<String>>) -> Result<(), VaultError> {
@@ -142,14 +161,7 @@ fn write_key_file(path: &Path, keys: &BTreeMap<i32, Zeroizing<String>>) -> Resul
         path: path.to_owned(),
         source,
     };
-    let mut text = Zeroizing::new(String::from(
-        "# Keyward vault key-encryption keys: `<version> <base64>`, the highest version is current.\n\
-         # Whoever holds this file and the database can sign as every user. Back it up apart from\n\
-         # the database; never share it.\n",
-    ));
-    for (v, b64) in keys {
-        text.push_str(&format!("{v} {}\n", b64.as_str()));
-    }
+    let text = key_file_text(keys.iter().map(|(v, b64)| (*v, b64.as_str())));
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -193,15 +205,8 @@ pub(crate) fn create_key_file_if_missing(path: &Path) -> Result<bool, VaultError
         fs::create_dir_all(dir).map_err(io)?;
     }
     let key = random_key()?;
-    let mut text = Zeroizing::new(String::from(
-        "# Keyward vault key-encryption keys: `<version> <base64>`, the highest version is current.\n\
-         # Whoever holds this file and the database can sign as every user. Back it up apart from\n\
-         # the database; never share it.\n",
-    ));
-    text.push_str(&format!(
-        "1 {}\n",
-        Zeroizing::new(STANDARD.encode(&key[..])).as_str()
-    ));
+    let b64 = Zeroizing::new(STANDARD.encode(&key[..]));
+    let text = key_file_text(std::iter::once((1, b64.as_str())));
     match fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -20,6 +20,7 @@ need_pkgs=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 command -v softhsm2-util >/dev/null 2>&1 || need_pkgs+=(softhsm2)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   step "Installing system packages: ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -60,13 +61,19 @@ step "Rust tests (SQLite and PostgreSQL)"
 scripts/with-postgres.sh cargo test --workspace --quiet
 
 # --- 5. Python suites against the real binaries -------------------------------------------------
+# Each suite runs in its own pytest process: they have their own conftest and helper modules.
 suites=()
 for d in tests/*/; do
-  ls "$d"test_*.py >/dev/null 2>&1 && suites+=("$d")
+  ls "$d"test_*.py >/dev/null 2>&1 && suites+=("${d%/}")
 done
 if [ ${#suites[@]} -gt 0 ]; then
   step "Python suites: ${suites[*]}"
-  scripts/with-postgres.sh .venv/bin/python -m pytest -q "${suites[@]}"
+  scripts/with-postgres.sh bash -c '
+    set -e
+    for suite in "$@"; do
+      printf "\n--- %s\n" "$suite"
+      .venv/bin/python -m pytest -q -p no:cacheprovider "$suite"
+    done' _ "${suites[@]}"
 fi
 
 step "All tests passed"

@@ -10,7 +10,11 @@ mod softkey;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "keyward", version, about = "Keyward: security keys held for your users, passkeys registered on their behalf")]
+#[command(
+    name = "keyward",
+    version,
+    about = "Keyward: security keys held for your users, passkeys registered on their behalf"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

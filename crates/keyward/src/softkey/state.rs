@@ -85,7 +85,7 @@ pub struct StoredAttestation {
     pub batch_key_sealed: Vec<u8>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredKeyState {
     #[serde(with = "b64::option")]
     pub pin_verifier: Option<Vec<u8>>,
@@ -96,6 +96,20 @@ pub struct StoredKeyState {
     pub min_pin_length_rp_ids: Vec<String>,
     pub force_pin_change: bool,
     pub always_uv: bool,
+}
+
+impl std::fmt::Debug for StoredKeyState {
+    // The PIN verifier is an offline-guessable secret: Debug says only whether a PIN is set.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKeyState")
+            .field("pin_set", &self.pin_verifier.is_some())
+            .field("pin_retries", &self.pin_retries)
+            .field("consecutive_pin_failures", &self.consecutive_pin_failures)
+            .field("min_pin_length", &self.min_pin_length)
+            .field("force_pin_change", &self.force_pin_change)
+            .field("always_uv", &self.always_uv)
+            .finish_non_exhaustive()
+    }
 }
 
 impl From<&KeyState> for StoredKeyState {

@@ -25,6 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
+
+# The suite shares two cores with cargo and a debug-build server: give the browser time.
+expect.set_options(timeout=15_000)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("KEYWARD_CHROMIUM", "/usr/bin/chromium")

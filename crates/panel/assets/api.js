@@ -121,7 +121,7 @@ export const endpoints = {
   connect: (id) => api("POST", `/users/${enc(id)}/connect`, {}),
   disconnect: (id) => api("DELETE", `/users/${enc(id)}/connect`),
   activation: (id) => api("POST", `/users/${enc(id)}/activation`, {}),
-  pairing: () => api("GET", "/auth/me/pairing"),
+  pairing: () => api("GET", "/pair/devices"),
   provision: (userIds, mode, assignMissingKeys) =>
     api("POST", "/provisioning", {
       rp: "microsoft",

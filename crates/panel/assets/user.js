@@ -107,12 +107,17 @@ function showSession(session) {
 async function pollPairing() {
   const el = $("#pair-state");
   try {
-    const p = (await endpoints.pairing()) || {};
-    const online = p.connected ?? p.online ?? false;
-    el.textContent = online
-      ? `Your pairing tool${p.device_name ? ` (${p.device_name})` : ""} is online.`
-      : "Your pairing tool is not connected. Start keyward-pair run on your PC.";
-    el.dataset.online = String(Boolean(online));
+    // The signed-in admin's registered pairing tools, each with whether it is connected now.
+    const devices = itemsOf(await endpoints.pairing());
+    const online = devices.filter((d) => d.online);
+    if (online.length) {
+      el.textContent = `Your pairing tool ${online.map((d) => d.name).join(", ")} is online.`;
+    } else if (devices.length) {
+      el.textContent = "Your pairing tool is not connected. Start keyward-pair run on your PC.";
+    } else {
+      el.textContent = "You have no pairing tool yet: run keyward-pair login on your PC.";
+    }
+    el.dataset.online = String(online.length > 0);
   } catch (e) {
     el.textContent = e instanceof ApiError && e.status === 404
       ? "This server does not report pairing tools."

@@ -223,20 +223,22 @@ async fn run(
     use keyward_pair::endpoint::PresenceMode;
     use keyward_pair::run::{Notice, serve, udp_transport};
 
-    if uhid {
-        bail!("--uhid is not available in this build yet; use --udp");
-    }
-    let Some(addr) = udp else {
-        bail!("choose a local transport: --udp ADDR")
-    };
     let config = relay_config(home)?;
-    let (io, bound) = udp_transport(addr)
-        .await
-        .with_context(|| format!("binding UDP {addr}"))?;
-    eprintln!(
-        "keyward-pair: serving CTAP-HID on udp://{bound}, relaying to {}",
-        config.url
-    );
+    let io = match (udp, uhid) {
+        (Some(_), true) => bail!("choose one local transport: --udp ADDR or --uhid"),
+        (Some(addr), false) => {
+            let (io, bound) = udp_transport(addr)
+                .await
+                .with_context(|| format!("binding UDP {addr}"))?;
+            eprintln!(
+                "keyward-pair: serving CTAP-HID on udp://{bound}, relaying to {}",
+                config.url
+            );
+            io
+        }
+        (None, true) => uhid_io()?,
+        (None, false) => bail!("choose a local transport: --udp ADDR or --uhid"),
+    };
     let (client, events) = relay::RelayClient::spawn(config);
     let presence = match presence {
         PresenceArg::Auto => PresenceMode::Auto,
@@ -271,6 +273,22 @@ async fn run(
         fatal = serve(hid, presence, io, client, events, notify) => Err(fatal.into()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
+}
+
+#[cfg(all(feature = "ctap-hid", target_os = "linux"))]
+fn uhid_io() -> anyhow::Result<keyward_pair::run::LocalIo> {
+    let path = std::path::Path::new("/dev/uhid");
+    let io = keyward_pair::uhid::uhid_transport(path, "Keyward security key").with_context(|| {
+        "cannot create the HID device through /dev/uhid (load the uhid module and allow access with \
+         the udev rule in keyward-pair's documentation, or use --udp)"
+    })?;
+    eprintln!("keyward-pair: serving a FIDO HID device through /dev/uhid");
+    Ok(io)
+}
+
+#[cfg(all(feature = "ctap-hid", not(target_os = "linux")))]
+fn uhid_io() -> anyhow::Result<keyward_pair::run::LocalIo> {
+    bail!("--uhid needs Linux; use --udp")
 }
 
 #[cfg(not(feature = "ctap-hid"))]

@@ -324,6 +324,79 @@ mod tests {
         }
     }
 
+    /// A spent PIN retry is committed before the engine compares the PIN: even if the rest of
+    /// the operation is rolled back (a crash, a storage error), the retry stays spent and the
+    /// failure is audited.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spent_pin_retry_survives_a_rolled_back_operation() {
+        let db = keyward_store::testing::sqlite().await;
+        let store = db.store.clone();
+        let mut tx = store.begin().await.expect("begin");
+        let org = tx.insert_organisation("spend").await.expect("org");
+        let user = keyward_store::NewUser {
+            upn: "u@example.com".into(),
+            email: None,
+            display_name: None,
+            source: "api".into(),
+            external_id: None,
+        };
+        let user = tx.insert_user(org.id, &user).await.expect("user");
+        let key_id = Uuid::now_v7();
+        let new = keyward_store::NewSecurityKey {
+            id: key_id,
+            aaguid: vec![0; 16],
+            wrapped_dek: vec![1; 60],
+            kek_version: 1,
+            min_pin_length: 4,
+            force_pin_change: false,
+        };
+        tx.insert_security_key(org.id, user.id, &new)
+            .await
+            .expect("key");
+        tx.commit().await.expect("commit");
+
+        let mut key_tx = store.begin_key(org.id, key_id).await.expect("lock");
+        let rec = key_tx.key().await.expect("row");
+        let handle = Handle::current();
+        let s2 = store.clone();
+        let (state, tx_store) = tokio::task::spawn_blocking(move || {
+            let mut ts = TxStore::new(handle, s2, key_tx, rec, "user:test", "user");
+            let state = keyward_authenticator::Store::spend_pin_retry(&mut ts).expect("spend");
+            // Something else in the same operation, then the operation is abandoned.
+            keyward_authenticator::Store::save_state(
+                &mut ts,
+                &KeyState {
+                    always_uv: true,
+                    ..state.clone()
+                },
+            )
+            .expect("save");
+            (state, ts)
+        })
+        .await
+        .expect("blocking");
+        assert_eq!((state.pin_retries, state.consecutive_pin_failures), (7, 1));
+        assert!(tx_store.effects.pin_retry_spent);
+        drop(tx_store); // rolls back the re-opened transaction
+
+        let after = store
+            .key_by_id(org.id, key_id)
+            .await
+            .expect("read")
+            .expect("row");
+        assert_eq!(
+            (after.pin_retries, after.consecutive_pin_failures),
+            (7, 1),
+            "spent retry was lost"
+        );
+        assert!(
+            !after.always_uv,
+            "the abandoned rest of the operation must roll back"
+        );
+        let audit = store.verify_audit().await.expect("audit").expect("chain");
+        assert!(audit.entries >= 1);
+    }
+
     #[test]
     fn key_state_round_trips_through_the_row() {
         let r = rec();

@@ -75,6 +75,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .with_state(state.clone());
     ops.merge(api::router(state.clone()))
+        .merge(keyward_panel::router())
         .fallback(|| async { api::not_found_response() })
         .layer(middleware::from_fn_with_state(state, count_requests))
         .layer(tower_http::trace::TraceLayer::new_for_http())

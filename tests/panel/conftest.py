@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,36 +26,25 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from panel_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DEMO_USERS,
+    ORG,
+    PASSWORD,
+    ROLES,
+    ROOT,
+    SIM_CLIENT,
+    SIM_SECRET,
+    SIM_TENANT,
+    SIM_USERS,
+    email_of,
+    free_port,
+    run_cli,
+)
+
 # The suite shares two cores with cargo and a debug-build server: give the browser time.
 expect.set_options(timeout=15_000)
-
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("KEYWARD_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ORG = "Acme Panel Tests"
-PASSWORD = "correct horse battery staple"
-ROLES = ("owner", "admin", "helpdesk", "auditor")
-DEMO_USERS = 30  # more than one page of 25
-
-
-def email_of(role: str) -> str:
-    return f"{role}@acme.test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @dataclass
 class Server:
@@ -88,20 +76,6 @@ class Server:
     def offers(self, method: str, path: str) -> bool:
         """Whether the server's OpenAPI document lists `method path` (path under /api/v1)."""
         return (method.lower(), "/api/v1" + path) in self.paths
-
-
-def run_cli(binary: str, env: dict, *args: str, stdin: str | None = None) -> str:
-    out = subprocess.run(
-        [binary, *args],
-        input=stdin,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"keyward {' '.join(args)} failed: {out.stderr.strip()}")
-    return out.stdout.strip()
 
 
 @pytest.fixture(scope="session")
@@ -172,12 +146,6 @@ def server():
         print(f"kept {data_dir}")
     else:
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-SIM_TENANT = "11111111-2222-3333-4444-555555555555"
-SIM_CLIENT = "66666666-7777-8888-9999-000000000000"
-SIM_SECRET = "panel-tests-client-secret"
-SIM_USERS = 6
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from conftest import DEMO_USERS, PASSWORD, email_of, run_cli
+from panel_support import DEMO_USERS, PASSWORD, email_of, run_cli
 
 PHONE = {"width": 390, "height": 844}
 
@@ -287,7 +287,7 @@ def test_sign_in_page_is_keyboard_usable(browser, server, screenshot_dir):
 
 def test_entra_import_then_automated_provisioning_end_to_end(as_role, server, graph_sim, screenshot_dir):
     """Connect the simulated tenant, import its users, provision them all from the users page."""
-    from conftest import SIM_CLIENT, SIM_SECRET, SIM_TENANT, SIM_USERS
+    from panel_support import SIM_CLIENT, SIM_SECRET, SIM_TENANT, SIM_USERS
 
     if not server.offers("post", "/directories/entra") and server.api("GET", "/directories")[0] == 404:
         pytest.skip("the server offers no directories yet")

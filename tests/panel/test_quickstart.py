@@ -12,7 +12,7 @@ from pathlib import Path
 
 from playwright.sync_api import expect
 
-from conftest import ROOT, free_port
+from panel_support import ROOT, free_port
 
 USERS = 5
 

@@ -429,3 +429,13 @@ async fn form_controls_are_labelled_and_header_cells_scoped() {
         }
     }
 }
+
+#[test]
+fn the_router_merges_into_a_stateful_server_router() {
+    // The server mounts the panel with `.merge(keyward_panel::router())` on its own state type.
+    #[derive(Clone)]
+    struct ServerState;
+    let api: Router<ServerState> =
+        Router::new().route("/api/v1/ping", axum::routing::get(|| async { "pong" }));
+    let _app: Router = api.merge(router()).with_state(ServerState);
+}

@@ -7,6 +7,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(value) = cbor::decode(data) {
-        assert_eq!(cbor::encode(&value), data, "accepted input must be canonical");
+        assert_eq!(
+            cbor::encode(&value),
+            data,
+            "accepted input must be canonical"
+        );
     }
 });

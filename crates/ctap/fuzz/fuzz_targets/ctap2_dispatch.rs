@@ -25,10 +25,21 @@ fuzz_target!(|data: &[u8]| {
         rest = tail;
         env.advance(1);
         // The policy flag in the first byte of the stream exercises the delegated-session gate.
-        let policy = Policy { registration_only: data.first().is_some_and(|b| b & 0x80 != 0), preauthorized_uv: false };
-        let mut ctx = Context { store: &mut store, protection: &protection, presence: &mut presence, env: &mut env, policy };
+        let policy = Policy {
+            registration_only: data.first().is_some_and(|b| b & 0x80 != 0),
+            preauthorized_uv: false,
+        };
+        let mut ctx = Context {
+            store: &mut store,
+            protection: &protection,
+            presence: &mut presence,
+            env: &mut env,
+            policy,
+        };
         let response = engine.process(&mut ctx, request);
-        let (&status, body) = response.split_first().expect("a response always has a status byte");
+        let (&status, body) = response
+            .split_first()
+            .expect("a response always has a status byte");
         if status == 0 && !body.is_empty() {
             cbor::decode(body).expect("successful responses are canonical CBOR");
         } else if status != 0 {

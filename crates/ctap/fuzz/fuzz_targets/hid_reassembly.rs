@@ -10,10 +10,17 @@
 //! - a request's payload never exceeds the maximum message size and is never empty for CBOR.
 #![no_main]
 
-use keyward_ctap::hid::{BROADCAST_CID, Capabilities, HidDevice, HidEvent, MAX_MESSAGE_SIZE, REPORT_SIZE, cmd};
+use keyward_ctap::hid::{
+    BROADCAST_CID, Capabilities, HidDevice, HidEvent, MAX_MESSAGE_SIZE, REPORT_SIZE, cmd,
+};
 use libfuzzer_sys::fuzz_target;
 
-const CAPS: Capabilities = Capabilities { wink: true, cbor: true, nmsg: true, version: (0, 1, 0) };
+const CAPS: Capabilities = Capabilities {
+    wink: true,
+    cbor: true,
+    nmsg: true,
+    version: (0, 1, 0),
+};
 
 fn init(dev: &mut HidDevice) {
     let mut report = [0u8; REPORT_SIZE];
@@ -26,10 +33,17 @@ fn init(dev: &mut HidDevice) {
 
 fn check_reports(reports: &[[u8; REPORT_SIZE]]) {
     let Some(first) = reports.first() else { return };
-    assert!(first[4] & 0x80 != 0, "a response starts with an init packet");
+    assert!(
+        first[4] & 0x80 != 0,
+        "a response starts with an init packet"
+    );
     let len = usize::from(u16::from_be_bytes([first[5], first[6]]));
     assert!(len <= MAX_MESSAGE_SIZE);
-    assert_eq!(reports.len(), 1 + len.saturating_sub(57).div_ceil(59), "packet count matches the length");
+    assert_eq!(
+        reports.len(),
+        1 + len.saturating_sub(57).div_ceil(59),
+        "packet count matches the length"
+    );
     for (seq, report) in reports[1..].iter().enumerate() {
         assert_eq!(report[..4], first[..4], "same channel");
         assert_eq!(usize::from(report[4]), seq);
@@ -52,7 +66,11 @@ fuzz_target!(|data: &[u8]| {
         for event in events {
             match event {
                 HidEvent::Send(r) => sent.push(r),
-                HidEvent::Request { cid, cmd: command, payload } => {
+                HidEvent::Request {
+                    cid,
+                    cmd: command,
+                    payload,
+                } => {
                     assert!(outstanding.is_none(), "two requests outstanding");
                     assert!(payload.len() <= MAX_MESSAGE_SIZE);
                     assert!(command != cmd::CBOR || !payload.is_empty());

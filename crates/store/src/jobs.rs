@@ -578,20 +578,8 @@ impl Store {
         id: Uuid,
     ) -> Result<Option<JobRecord>, StoreError> {
         let mut tx = self.begin().await?;
-        let at = now();
-        let n = on_tx!(&mut tx.inner, c => {
-            let n = sqlx::query("UPDATE jobs SET state = 'cancelled', claimed_by = NULL, lease_until = NULL, updated_at = $1 \
-                                 WHERE org_id = $2 AND id = $3 AND state IN ('queued', 'running')")
-                .bind(at).bind(org_id).bind(id).execute(&mut *c).await?.rows_affected();
-            if n == 1 {
-                sqlx::query("UPDATE job_items SET state = 'cancelled', updated_at = $1 \
-                             WHERE job_id = $2 AND state IN ('queued', 'retrying')")
-                    .bind(at).bind(id).execute(&mut *c).await?;
-            }
-            n
-        });
+        tx.cancel_job(org_id, id).await?;
         tx.commit().await?;
-        let _ = n;
         self.job(org_id, id).await
     }
 
@@ -599,29 +587,9 @@ impl Store {
     /// how many items will be retried, or `None` if the job does not exist.
     pub async fn retry_job(&self, org_id: Uuid, id: Uuid) -> Result<Option<u64>, StoreError> {
         let mut tx = self.begin().await?;
-        let at = now();
-        let n = on_tx!(&mut tx.inner, c => {
-            let exists: Option<(String,)> = sqlx::query_as("SELECT state FROM jobs WHERE org_id = $1 AND id = $2")
-                .bind(org_id).bind(id).fetch_optional(&mut *c).await?;
-            let Some((state,)) = exists else {
-                return Ok(None);
-            };
-            let n = sqlx::query("UPDATE job_items SET state = 'retrying', error = NULL, request_id = NULL, \
-                                 not_before = NULL, updated_at = $1 WHERE job_id = $2 AND state IN ('failed', 'cancelled')")
-                .bind(at).bind(id).execute(&mut *c).await?.rows_affected();
-            if n > 0 || state == job_state::FAILED {
-                // The job's own failure (import) is retried as a whole: back to queued.
-                sqlx::query("UPDATE jobs SET failed = 0, error = NULL, updated_at = $1, \
-                             state = CASE WHEN state = 'running' THEN 'running' ELSE 'queued' END, \
-                             claimed_by = CASE WHEN state = 'running' THEN claimed_by ELSE NULL END, \
-                             lease_until = CASE WHEN state = 'running' THEN lease_until ELSE NULL END \
-                             WHERE id = $2")
-                    .bind(at).bind(id).execute(&mut *c).await?;
-            }
-            n
-        });
+        let n = tx.retry_job(org_id, id).await?;
         tx.commit().await?;
-        Ok(Some(n))
+        Ok(n)
     }
 
     /// The state of a job, for a runner checking for cancellation between items.
@@ -659,6 +627,52 @@ impl Store {
                 .bind(key_id).bind(credential_id).execute(p).await?.rows_affected()
         });
         Ok(n > 0)
+    }
+}
+
+impl Tx {
+    /// [`Store::cancel_job`] inside a transaction, so the caller's audit entry commits with it.
+    /// Returns whether the job changed state.
+    pub async fn cancel_job(&mut self, org_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
+        let at = now();
+        let n = on_tx!(&mut self.inner, c => {
+            let n = sqlx::query("UPDATE jobs SET state = 'cancelled', claimed_by = NULL, lease_until = NULL, updated_at = $1 \
+                                 WHERE org_id = $2 AND id = $3 AND state IN ('queued', 'running')")
+                .bind(at).bind(org_id).bind(id).execute(&mut *c).await?.rows_affected();
+            if n == 1 {
+                sqlx::query("UPDATE job_items SET state = 'cancelled', updated_at = $1 \
+                             WHERE job_id = $2 AND state IN ('queued', 'retrying')")
+                    .bind(at).bind(id).execute(&mut *c).await?;
+            }
+            n
+        });
+        Ok(n == 1)
+    }
+
+    /// [`Store::retry_job`] inside a transaction, so the caller's audit entry commits with it.
+    pub async fn retry_job(&mut self, org_id: Uuid, id: Uuid) -> Result<Option<u64>, StoreError> {
+        let at = now();
+        let n = on_tx!(&mut self.inner, c => {
+            let exists: Option<(String,)> = sqlx::query_as("SELECT state FROM jobs WHERE org_id = $1 AND id = $2")
+                .bind(org_id).bind(id).fetch_optional(&mut *c).await?;
+            let Some((state,)) = exists else {
+                return Ok(None);
+            };
+            let n = sqlx::query("UPDATE job_items SET state = 'retrying', error = NULL, request_id = NULL, \
+                                 not_before = NULL, updated_at = $1 WHERE job_id = $2 AND state IN ('failed', 'cancelled')")
+                .bind(at).bind(id).execute(&mut *c).await?.rows_affected();
+            if n > 0 || state == job_state::FAILED {
+                // The job's own failure (import) is retried as a whole: back to queued.
+                sqlx::query("UPDATE jobs SET failed = 0, error = NULL, updated_at = $1, \
+                             state = CASE WHEN state = 'running' THEN 'running' ELSE 'queued' END, \
+                             claimed_by = CASE WHEN state = 'running' THEN claimed_by ELSE NULL END, \
+                             lease_until = CASE WHEN state = 'running' THEN lease_until ELSE NULL END \
+                             WHERE id = $2")
+                    .bind(at).bind(id).execute(&mut *c).await?;
+            }
+            n
+        });
+        Ok(Some(n))
     }
 }
 

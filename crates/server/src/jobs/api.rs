@@ -237,12 +237,22 @@ pub async fn retry(
     p: Principal,
     IdPath(id): IdPath,
 ) -> ApiResult<(StatusCode, axum::Json<RetryResult>)> {
-    let retried = s
-        .store
+    // The change and its audit entry commit together.
+    let mut tx = s.store.begin().await?;
+    let retried = tx
         .retry_job(p.org_id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    audit(&s, &p, "job.retry", id, json!({ "retried": retried })).await?;
+    let detail = json!({ "retried": retried });
+    tx.append_audit(
+        p.org_id,
+        &p.actor(),
+        "job.retry",
+        &format!("job:{id}"),
+        detail,
+    )
+    .await?;
+    tx.commit().await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(RetryResult {
@@ -261,31 +271,21 @@ pub async fn cancel(
     p: Principal,
     IdPath(id): IdPath,
 ) -> ApiResult<axum::Json<JobProgress>> {
-    let job = s
-        .store
-        .cancel_job(p.org_id, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    audit(&s, &p, "job.cancel", id, json!({ "state": job.state })).await?;
-    Ok(axum::Json(JobProgress::from(&job)))
-}
-
-async fn audit(
-    s: &AppState,
-    p: &Principal,
-    action: &str,
-    job_id: Uuid,
-    detail: serde_json::Value,
-) -> ApiResult<()> {
+    if s.store.job(p.org_id, id).await?.is_none() {
+        return Err(ApiError::NotFound);
+    }
     let mut tx = s.store.begin().await?;
+    let changed = tx.cancel_job(p.org_id, id).await?;
+    let detail = json!({ "changed": changed });
     tx.append_audit(
         p.org_id,
         &p.actor(),
-        action,
-        &format!("job:{job_id}"),
+        "job.cancel",
+        &format!("job:{id}"),
         detail,
     )
     .await?;
     tx.commit().await?;
-    Ok(())
+    let job = s.store.job(p.org_id, id).await?.ok_or(ApiError::NotFound)?;
+    Ok(axum::Json(JobProgress::from(&job)))
 }

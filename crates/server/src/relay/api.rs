@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use keyward_store::{DeviceOwner, NewDelegatedSession, StoreError, UserPatch};
@@ -152,6 +152,13 @@ pub async fn activate(
     ))
 }
 
+/// The relay hub, or 501 in a server built without it.
+fn hub_of(s: &AppState) -> Result<Arc<RelayHub>, ApiError> {
+    s.relay
+        .clone()
+        .ok_or_else(|| ApiError::NotImplemented("the relay is not enabled on this server".into()))
+}
+
 fn gone() -> ApiError {
     // A 4xx that names no detail: unknown, used and expired codes look alike.
     ApiError::Conflict("the activation code is invalid, expired or already used".into())
@@ -167,9 +174,9 @@ pub struct ConnectSession {
 pub async fn connect(
     State(s): State<AppState>,
     p: Principal,
-    Extension(hub): Extension<Arc<RelayHub>>,
     IdPath(user_id): IdPath,
 ) -> ApiResult<(StatusCode, axum::Json<ConnectSession>)> {
+    let hub = hub_of(&s)?;
     let user = s
         .store
         .user(p.org_id, user_id)
@@ -243,9 +250,9 @@ pub async fn connect(
 pub async fn disconnect(
     State(s): State<AppState>,
     p: Principal,
-    Extension(hub): Extension<Arc<RelayHub>>,
     IdPath(user_id): IdPath,
 ) -> ApiResult<StatusCode> {
+    let hub = hub_of(&s)?;
     s.store
         .user(p.org_id, user_id)
         .await?
@@ -290,8 +297,8 @@ pub struct DeviceList {
 pub async fn list_devices(
     State(s): State<AppState>,
     p: Principal,
-    Extension(hub): Extension<Arc<RelayHub>>,
 ) -> ApiResult<axum::Json<DeviceList>> {
+    let hub = hub_of(&s)?;
     let online = hub.online_device_of_admin(p.org_id, p.admin_id);
     let items = s
         .store
@@ -313,9 +320,9 @@ pub async fn list_devices(
 pub async fn revoke(
     State(s): State<AppState>,
     p: Principal,
-    Extension(hub): Extension<Arc<RelayHub>>,
     IdPath(device_id): IdPath,
 ) -> ApiResult<StatusCode> {
+    let hub = hub_of(&s)?;
     let device = s
         .store
         .pair_device(device_id)

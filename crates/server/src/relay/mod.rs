@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use axum::Router;
+use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Extension, State};
 use axum::response::Response;
 use axum::routing::{any, post};
 use chrono::{DateTime, Utc};
@@ -230,8 +230,8 @@ impl RelayHub {
 }
 
 /// Public routes authenticated by the relay protocol itself (device key) or by an activation
-/// code: `GET /api/v1/relay` and `POST /api/v1/pair/activate`. Merge into the app router and add
-/// `Extension(hub)` as a layer so the route-table handlers in [`api`] find the hub too.
+/// code: `GET /api/v1/relay` and `POST /api/v1/pair/activate`. Merge into the app router; the
+/// route-table handlers in [`api`] find the hub in `AppState::relay`.
 pub fn router(hub: Arc<RelayHub>) -> Router {
     Router::new()
         .route("/api/v1/relay", any(ws_upgrade))
@@ -251,9 +251,6 @@ async fn ws_upgrade(State(hub): State<Arc<RelayHub>>, ws: WebSocketUpgrade) -> R
             }
         })
 }
-
-/// Shortcut so the API handlers can name the extension type.
-pub type HubExt = Extension<Arc<RelayHub>>;
 
 async fn send(ws: &mut WebSocket, m: &ServerMessage) -> Result<(), String> {
     let text = serde_json::to_string(m).map_err(|e| e.to_string())?;

@@ -70,7 +70,16 @@ pub enum AuditCommand {
 }
 
 #[derive(Subcommand)]
-pub enum VaultCommand {}
+pub enum VaultCommand {
+    /// Rewrap every data key under a new key-encryption key version; safe while servers run.
+    Rotate {
+        #[command(flatten)]
+        db: DbArgs,
+        /// After rewrapping, drop the old key-encryption key version (refused while anything still uses it).
+        #[arg(long)]
+        retire_old: bool,
+    },
+}
 
 /// Opens the configured database (creating the data directory for the default SQLite file).
 fn with_store<T>(
@@ -170,5 +179,9 @@ pub fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
 }
 
 pub fn vault(cmd: VaultCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        VaultCommand::Rotate { db, retire_old } => {
+            crate::vault_cmd::run_rotate(db.config.as_deref(), retire_old)
+        }
+    }
 }

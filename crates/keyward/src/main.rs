@@ -6,6 +6,7 @@ mod admin;
 mod quickstart;
 mod serve;
 mod softkey;
+mod vault_cmd;
 
 use clap::{Parser, Subcommand};
 

@@ -13,6 +13,8 @@ use crate::{AttestationKey, Error};
 
 /// id-fido-gen-ce-aaguid (1.3.6.1.4.1.45724.1.1.4).
 pub const AAGUID_EXTENSION_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 45724, 1, 1, 4];
+/// id-ce-basicConstraints (2.5.29.19).
+const BASIC_CONSTRAINTS_OID: &[u64] = &[2, 5, 29, 19];
 /// The OU that WebAuthn §8.2.1 prescribes for attestation certificates.
 pub const ATTESTATION_OU: &str = "Authenticator Attestation";
 /// ISO 3166 "ZZ" (unknown country): a self-hosted installation has no meaningful vendor country,
@@ -94,7 +96,16 @@ pub fn issue_batch_certificate(
     name.push(DnType::OrganizationalUnitName, ATTESTATION_OU);
     name.push(DnType::CommonName, "Keyward Batch Attestation");
     params.distinguished_name = name;
-    params.is_ca = IsCa::ExplicitNoCa;
+    // FIDO requires basicConstraints with cA false. rcgen's ExplicitNoCa writes the default
+    // `cA FALSE` explicitly, which DER forbids (strict parsers refuse the certificate), so the
+    // extension is written by hand as an empty SEQUENCE, which means exactly "not a CA".
+    params.is_ca = IsCa::NoCa;
+    params
+        .custom_extensions
+        .push(CustomExtension::from_oid_content(
+            BASIC_CONSTRAINTS_OID,
+            vec![0x30, 0x00],
+        ));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;
     // Extension value: OCTET STRING (16 bytes) wrapping the AAGUID.
@@ -154,6 +165,14 @@ mod tests {
         assert!(attribute(subject, &oid_registry::OID_X509_COMMON_NAME).is_some());
         let constraints = cert.basic_constraints().expect("parse").expect("present");
         assert!(!constraints.value.ca);
+        // DER: the default cA FALSE must not be encoded, so the value is an empty SEQUENCE.
+        let bc_oid = x509_parser::der_parser::oid!(2.5.29.19);
+        let bc = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid == bc_oid)
+            .expect("basicConstraints");
+        assert_eq!(bc.value, [0x30, 0x00]);
         let aaguid_oid = x509_parser::der_parser::oid!(1.3.6.1.4.1.45724.1.1.4);
         let ext = cert
             .extensions()

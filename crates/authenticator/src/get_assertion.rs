@@ -72,7 +72,9 @@ impl Authenticator {
                 kind: PresenceKind::GetAssertion,
             })?;
         }
-        if protocol.is_some() {
+        // CTAP 2.1 §6.2.2: the token's permissions are cleared only once user presence was
+        // collected. Clients probe the allow list silently (up=false) with the same token first.
+        if protocol.is_some() && request.up {
             self.spend_token_permissions();
         }
 

@@ -29,7 +29,7 @@ use super::protocol::{
 use super::{Attached, RelayHub};
 use crate::api::{AppState, IdPath, Json};
 use crate::auth::{Principal, secret_hash};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Problem};
 
 /// An uncompressed SEC1 P-256 point: 0x04 ‖ x ‖ y.
 fn check_public_key(k: &[u8]) -> Result<(), ApiError> {
@@ -52,6 +52,8 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// Registers an admin's pairing tool (`keyward-pair login`).
+#[utoipa::path(post, path = "/api/v1/pair/devices", request_body = RegisterDeviceRequest,
+    responses((status = 201, body = DeviceRegistered), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn register_device(
     State(s): State<AppState>,
     p: Principal,
@@ -171,6 +173,8 @@ pub struct ConnectSession {
 }
 
 /// Connects the calling admin's online pairing tool to a user's key for registration.
+#[utoipa::path(post, path = "/api/v1/users/{id}/connect", params(("id" = Uuid, Path)),
+    responses((status = 201, body = ConnectSession), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn connect(
     State(s): State<AppState>,
     p: Principal,
@@ -247,6 +251,8 @@ pub async fn connect(
 }
 
 /// Ends the delegated sessions on a user's key; the key disappears from the tool at once.
+#[utoipa::path(delete, path = "/api/v1/users/{id}/connect", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn disconnect(
     State(s): State<AppState>,
     p: Principal,
@@ -294,6 +300,8 @@ pub struct DeviceList {
 }
 
 /// The calling admin's registered pairing tools.
+#[utoipa::path(get, path = "/api/v1/pair/devices",
+    responses((status = 200, body = DeviceList), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn list_devices(
     State(s): State<AppState>,
     p: Principal,
@@ -317,6 +325,8 @@ pub async fn list_devices(
 }
 
 /// Revokes a pairing tool: its sessions end, its connection closes, it can never connect again.
+#[utoipa::path(delete, path = "/api/v1/pair/devices/{id}", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn revoke(
     State(s): State<AppState>,
     p: Principal,

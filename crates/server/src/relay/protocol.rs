@@ -100,7 +100,7 @@ pub enum ServerMessage {
 }
 
 /// Who a device belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Principal {
     Admin { id: String, email: String },
@@ -167,10 +167,11 @@ impl ErrorCode {
 }
 
 /// Registration request body for [`REGISTER_DEVICE_PATH`] (with a bearer API token).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegisterDeviceRequest {
-    /// The uncompressed SEC1 P-256 point (65 bytes).
+    /// The uncompressed SEC1 P-256 point (65 bytes), base64url without padding.
     #[serde(with = "b64")]
+    #[schema(value_type = String)]
     pub public_key: Vec<u8>,
     /// A label shown in the panel, e.g. the host name.
     pub name: String,
@@ -195,7 +196,7 @@ impl std::fmt::Debug for ActivateRequest {
 }
 
 /// The server's answer to a registration or activation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceRegistered {
     pub device_id: String,
     pub principal: Principal,

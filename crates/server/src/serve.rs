@@ -84,20 +84,37 @@ pub fn app(state: AppState) -> Router {
 async fn readyz(State(s): State<AppState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), s.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
-        _ => problem_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Not ready", "the database is not reachable".into()),
+        _ => problem_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Not ready",
+            "the database is not reachable".into(),
+        ),
     }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Counts requests by route template (never the concrete path, which holds ids).
 async fn count_requests(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_owned();
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
     let resp = next.run(req).await;
-    s.metrics.record_request(&method, &route, resp.status().as_u16());
+    s.metrics
+        .record_request(&method, &route, resp.status().as_u16());
     resp
 }
 
@@ -143,7 +160,8 @@ fn tls_config(config: &Config) -> Result<Arc<rustls::ServerConfig>, ServeError> 
             let certs = CertificateDer::pem_file_iter(c)
                 .and_then(|i| i.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| ServeError::Tls(format!("certificate {}: {e}", c.display())))?;
-            let key = PrivateKeyDer::from_pem_file(k).map_err(|e| ServeError::Tls(format!("key {}: {e}", k.display())))?;
+            let key = PrivateKeyDer::from_pem_file(k)
+                .map_err(|e| ServeError::Tls(format!("key {}: {e}", k.display())))?;
             (certs, key)
         }
         _ => {
@@ -155,7 +173,8 @@ fn tls_config(config: &Config) -> Result<Arc<rustls::ServerConfig>, ServeError> 
             let ck = rcgen::generate_simple_self_signed(vec![host, "localhost".into()])
                 .map_err(|e| ServeError::Tls(e.to_string()))?;
             save_self_signed(&config.data_dir, &ck.cert.pem());
-            let key = PrivateKeyDer::try_from(ck.key_pair.serialize_der()).map_err(|e| ServeError::Tls(e.to_string()))?;
+            let key = PrivateKeyDer::try_from(ck.key_pair.serialize_der())
+                .map_err(|e| ServeError::Tls(e.to_string()))?;
             (vec![ck.cert.der().clone()], key)
         }
     };
@@ -187,8 +206,12 @@ pub async fn run(
     ready: impl FnOnce(&str),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let tcp = TcpListener::bind(config.listen).await.map_err(|e| ServeError::Bind(config.listen, e))?;
-    let local = tcp.local_addr().map_err(|e| ServeError::Bind(config.listen, e))?;
+    let tcp = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError::Bind(config.listen, e))?;
+    let local = tcp
+        .local_addr()
+        .map_err(|e| ServeError::Bind(config.listen, e))?;
     let tls = !config.is_loopback() || config.tls_cert.is_some();
     let app = app(state.clone());
     // Imports and provisioning resume here after a restart; dropped with the server.
@@ -197,9 +220,12 @@ pub async fn run(
         let acceptor = TlsAcceptor::from(tls_config(&config)?);
         ready(&format!("https://{local}"));
         let listener = TlsListener { tcp, acceptor }.tap_io(|_| {});
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
     } else {
         ready(&format!("http://{local}"));
         axum::serve(tcp, app.into_make_service_with_connect_info::<SocketAddr>())

@@ -216,13 +216,31 @@ async fn a_wrong_secret_fails_the_import_clearly_and_writes_no_user() {
 
     // The progress stream of a finished job sends its final counts once and ends.
     let id = j["id"].as_str().expect("id");
-    let r = call(&ctx, Method::GET, &format!("/api/v1/jobs/{id}/events"), &org.tokens[&Role::Helpdesk], None).await;
+    let r = call(
+        &ctx,
+        Method::GET,
+        &format!("/api/v1/jobs/{id}/events"),
+        &org.tokens[&Role::Helpdesk],
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(r.content_type().starts_with("text/event-stream"), "{}", r.content_type());
+    assert!(
+        r.content_type().starts_with("text/event-stream"),
+        "{}",
+        r.content_type()
+    );
     let body = String::from_utf8_lossy(&r.body);
     assert_eq!(body.matches("event: progress").count(), 1, "{body}");
     assert!(body.contains("\"state\":\"failed\""), "{body}");
-    let r = call(&ctx, Method::GET, &format!("/api/v1/jobs/{}/events", Uuid::now_v7()), &org.tokens[&Role::Owner], None).await;
+    let r = call(
+        &ctx,
+        Method::GET,
+        &format!("/api/v1/jobs/{}/events", Uuid::now_v7()),
+        &org.tokens[&Role::Owner],
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     let r = call(

@@ -136,7 +136,8 @@ impl Store {
 
     /// The organisation's admins, oldest first.
     pub async fn list_admins(&self, org_id: Uuid) -> Result<Vec<AdminRecord>, StoreError> {
-        let sql = format!("SELECT {ADMIN_COLUMNS} FROM admins WHERE org_id = $1 ORDER BY created_at, id");
+        let sql =
+            format!("SELECT {ADMIN_COLUMNS} FROM admins WHERE org_id = $1 ORDER BY created_at, id");
         Ok(on_pool!(&self.db, p => sqlx::query_as(&sql).bind(org_id).fetch_all(p).await?))
     }
 
@@ -194,8 +195,11 @@ impl Tx {
 
     /// The organisation's admins inside this transaction (to check the last-owner rule).
     pub async fn list_admins(&mut self, org_id: Uuid) -> Result<Vec<AdminRecord>, StoreError> {
-        let sql = format!("SELECT {ADMIN_COLUMNS} FROM admins WHERE org_id = $1 ORDER BY created_at, id");
-        Ok(on_tx!(&mut self.inner, c => sqlx::query_as(&sql).bind(org_id).fetch_all(&mut *c).await?))
+        let sql =
+            format!("SELECT {ADMIN_COLUMNS} FROM admins WHERE org_id = $1 ORDER BY created_at, id");
+        Ok(
+            on_tx!(&mut self.inner, c => sqlx::query_as(&sql).bind(org_id).fetch_all(&mut *c).await?),
+        )
     }
 
     /// Changes an admin's role and/or disabled flag. Disabling also ends their sessions and

@@ -31,11 +31,9 @@ use sqlx::sqlite::{
 };
 
 pub use admins::{AdminRecord, ApiTokenRecord, OrganisationRecord, SessionRecord};
-pub use directories::{DirectoryRecord, ExternalUser, ImportCounts, NewDirectory};
-pub use jobs::{
-    ItemFinish, JobItemRecord, JobRecord, RpRegistration, item_state, job_state,
-};
 pub use audit::{AuditEntry, AuditFilter, AuditVerifyError, AuditVerifyReport};
+pub use directories::{DirectoryRecord, ExternalUser, ImportCounts, NewDirectory};
+pub use jobs::{ItemFinish, JobItemRecord, JobRecord, RpRegistration, item_state, job_state};
 pub use keys::{CredentialRecord, CredentialSummary, KeyTx, NewSecurityKey, SecurityKeyRecord};
 pub use users::{ActivationCodeRecord, NewUser, UserFilter, UserPatch, UserRecord};
 

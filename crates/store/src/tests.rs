@@ -442,21 +442,41 @@ async fn disabling_an_admin_ends_sessions_and_tokens() {
         let s = &db.store;
         let mut tx = s.begin().await.expect("begin");
         let org = tx.insert_organisation("o").await.expect("org");
-        let admin = tx.insert_admin(org.id, "a@o.test", "admin", "$argon2id$x").await.expect("admin");
-        tx.insert_api_token(admin.id, "t", &[7; 32]).await.expect("token");
+        let admin = tx
+            .insert_admin(org.id, "a@o.test", "admin", "$argon2id$x")
+            .await
+            .expect("admin");
+        tx.insert_api_token(admin.id, "t", &[7; 32])
+            .await
+            .expect("token");
         tx.commit().await.expect("commit");
-        s.insert_session(&[8; 32], admin.id, &[9; 32], Utc::now() + chrono::Duration::hours(1)).await.expect("session");
+        s.insert_session(
+            &[8; 32],
+            admin.id,
+            &[9; 32],
+            Utc::now() + chrono::Duration::hours(1),
+        )
+        .await
+        .expect("session");
 
         let mut tx = s.begin().await.expect("begin");
-        tx.update_admin(org.id, admin.id, Some("auditor"), None).await.expect("role");
-        assert!(matches!(tx.update_admin(Uuid::now_v7(), admin.id, None, Some(true)).await, Err(StoreError::NotFound)));
+        tx.update_admin(org.id, admin.id, Some("auditor"), None)
+            .await
+            .expect("role");
+        assert!(matches!(
+            tx.update_admin(Uuid::now_v7(), admin.id, None, Some(true))
+                .await,
+            Err(StoreError::NotFound)
+        ));
         tx.commit().await.expect("commit");
         let a = s.admin(admin.id).await.expect("q").expect("admin");
         assert_eq!((a.role.as_str(), a.disabled), ("auditor", false));
         assert!(s.admin_by_token_hash(&[7; 32]).await.expect("q").is_some());
 
         let mut tx = s.begin().await.expect("begin");
-        tx.update_admin(org.id, admin.id, None, Some(true)).await.expect("disable");
+        tx.update_admin(org.id, admin.id, None, Some(true))
+            .await
+            .expect("disable");
         tx.commit().await.expect("commit");
         assert!(s.admin_by_token_hash(&[7; 32]).await.expect("q").is_none());
         assert!(s.session(&[8; 32]).await.expect("q").is_none());

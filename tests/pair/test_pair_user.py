@@ -46,8 +46,6 @@ def test_user_sets_pin_and_registers_with_uv(user_tool):
     register(user_tool)
 
 
-@pytest.mark.xfail(strict=True, reason="engine answers PIN_AUTH_INVALID to a UV getAssertion after a UV "
-                   "makeCredential; `keyward softkey` does the same without any relay (authenticator bug)")
 def test_user_signs_in_with_pin(user_tool):
     rp, client, auth_data = register(user_tool)
     options, state = rp.authenticate_begin([auth_data.credential_data], user_verification="required")

@@ -50,11 +50,12 @@ pub async fn open_state(config: &Config) -> Result<AppState, ServeError> {
         .map_err(|e| ServeError::DataDir(config.data_dir.display().to_string(), e))?;
     let store = Store::connect(config.database_url.expose()).await?;
     let vault = Arc::new(Vault::from_env_or_data_dir(&config.data_dir)?);
-    let keyops = crate::keyops::KeyOps::new(
+    let keyops = Arc::new(crate::keyops::KeyOps::new(
         store.clone(),
         vault.clone(),
         keyward_authenticator::Config::new(KEYWARD_AAGUID),
-    );
+    ));
+    let relay = crate::relay::RelayHub::new(store.clone(), keyops.clone());
     Ok(AppState {
         store,
         vault,
@@ -63,7 +64,8 @@ pub async fn open_state(config: &Config) -> Result<AppState, ServeError> {
         session_hours: config.session_hours,
         secure_cookies: !config.is_loopback() || config.tls_cert.is_some(),
         aaguid: KEYWARD_AAGUID,
-        ctap: Some(Arc::new(keyops)),
+        relay: Some(relay),
+        ctap: Some(keyops),
     })
 }
 
@@ -74,8 +76,13 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state.clone());
-    ops.merge(api::router(state.clone()))
-        .merge(keyward_panel::router())
+    let mut app = ops.merge(api::router(state.clone())).merge(keyward_panel::router());
+    if let Some(hub) = &state.relay {
+        // The relay WebSocket and activation authenticate by device key and activation code, so
+        // they live outside the route table.
+        app = app.merge(crate::relay::router(hub.clone()));
+    }
+    app
         .fallback(|| async { api::not_found_response() })
         .layer(middleware::from_fn_with_state(state, count_requests))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -14,6 +14,7 @@ mod audit;
 mod directories;
 mod jobs;
 mod keys;
+mod pairing;
 mod users;
 
 pub mod testing;
@@ -35,6 +36,7 @@ pub use audit::{AuditEntry, AuditFilter, AuditVerifyError, AuditVerifyReport};
 pub use directories::{DirectoryRecord, ExternalUser, ImportCounts, NewDirectory};
 pub use jobs::{ItemFinish, JobItemRecord, JobRecord, RpRegistration, item_state, job_state};
 pub use keys::{CredentialRecord, CredentialSummary, KeyTx, NewSecurityKey, SecurityKeyRecord};
+pub use pairing::{DelegatedSessionRecord, DeviceOwner, NewDelegatedSession, PairDeviceRecord};
 pub use users::{ActivationCodeRecord, NewUser, UserFilter, UserPatch, UserRecord};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");

@@ -150,9 +150,13 @@ pub async fn login(
     responses((status = 204), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 pub async fn logout(
     State(s): State<AppState>,
-    _p: Principal,
+    p: Principal,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    // Logging out ends the admin's delegated sessions: the user's key leaves their PC at once.
+    if let Some(hub) = &s.relay {
+        crate::relay::api::end_admin_sessions(hub, p.org_id, p.admin_id, "admin logged out").await?;
+    }
     let cookie = headers
         .get_all(header::COOKIE)
         .iter()

@@ -53,6 +53,8 @@ pub struct AppState {
     pub aaguid: [u8; 16],
     /// The key-operations engine behind `POST /keys/{id}/ctap`; absent in builds without it.
     pub ctap: Option<Arc<dyn CtapService>>,
+    /// The relay hub for pairing tools; absent in builds and tests without it.
+    pub relay: Option<Arc<crate::relay::RelayHub>>,
 }
 
 /// What a route requires of its caller.
@@ -194,6 +196,21 @@ pub fn routes() -> Vec<RouteSpec> {
             "/users/{id}/activation",
             IssueActivation,
             post(users::activation),
+        ),
+        route(Method::POST, "/users/{id}/connect", UseKeys, post(crate::relay::api::connect)),
+        route(
+            Method::DELETE,
+            "/users/{id}/connect",
+            UseKeys,
+            axum::routing::delete(crate::relay::api::disconnect),
+        ),
+        route(Method::POST, "/pair/devices", Authenticated, post(crate::relay::api::register_device)),
+        route(Method::GET, "/pair/devices", Authenticated, get(crate::relay::api::list_devices)),
+        route(
+            Method::DELETE,
+            "/pair/devices/{id}",
+            Authenticated,
+            axum::routing::delete(crate::relay::api::revoke),
         ),
         route(
             Method::POST,
@@ -442,6 +459,8 @@ pub(crate) fn decode_cursor(c: &str) -> Result<String, ApiError> {
         auth_routes::login, auth_routes::logout, auth_routes::me, auth_routes::create_token,
         users::list, users::create, users::import_csv, users::get_one, users::update, users::disable,
         users::enable, users::activation,
+        crate::relay::api::connect, crate::relay::api::disconnect, crate::relay::api::register_device,
+        crate::relay::api::list_devices, crate::relay::api::revoke,
         keys::credentials, keys::assign_one, keys::assign_many, keys::get_one, keys::suspend,
         keys::resume, keys::revoke, keys::ctap,
         audit::list,

@@ -29,11 +29,11 @@ pub async fn ctx(db: TestDb) -> Ctx {
     let dir = tempfile::tempdir().expect("tmp");
     let vault =
         Arc::new(Vault::open(KekSource::KeyFile(dir.path().join("vault.key"))).expect("vault"));
-    let keyops = keyward_server::keyops::KeyOps::new(
+    let keyops = Arc::new(keyward_server::keyops::KeyOps::new(
         db.store.clone(),
         vault.clone(),
         keyward_authenticator::Config::new(keyward_server::serve::KEYWARD_AAGUID),
-    );
+    ));
     let state = AppState {
         store: db.store.clone(),
         vault,
@@ -42,7 +42,8 @@ pub async fn ctx(db: TestDb) -> Ctx {
         session_hours: 1,
         secure_cookies: false,
         aaguid: keyward_server::serve::KEYWARD_AAGUID,
-        ctap: Some(Arc::new(keyops)),
+        relay: Some(keyward_server::relay::RelayHub::new(db.store.clone(), keyops.clone())),
+        ctap: Some(keyops),
     };
     let app = keyward_server::serve::app(state.clone());
     Ctx {

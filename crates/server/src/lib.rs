@@ -12,6 +12,6 @@ pub mod error;
 pub mod jobs;
 pub mod keyops;
 pub mod metrics;
-pub mod relay;
 pub mod provisioning;
+pub mod relay;
 pub mod serve;

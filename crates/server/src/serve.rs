@@ -76,14 +76,15 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state.clone());
-    let mut app = ops.merge(api::router(state.clone())).merge(keyward_panel::router());
+    let mut app = ops
+        .merge(api::router(state.clone()))
+        .merge(keyward_panel::router());
     if let Some(hub) = &state.relay {
         // The relay WebSocket and activation authenticate by device key and activation code, so
         // they live outside the route table.
         app = app.merge(crate::relay::router(hub.clone()));
     }
-    app
-        .fallback(|| async { api::not_found_response() })
+    app.fallback(|| async { api::not_found_response() })
         .layer(middleware::from_fn_with_state(state, count_requests))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }

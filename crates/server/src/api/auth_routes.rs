@@ -155,7 +155,8 @@ pub async fn logout(
 ) -> ApiResult<Response> {
     // Logging out ends the admin's delegated sessions: the user's key leaves their PC at once.
     if let Some(hub) = &s.relay {
-        crate::relay::api::end_admin_sessions(hub, p.org_id, p.admin_id, "admin logged out").await?;
+        crate::relay::api::end_admin_sessions(hub, p.org_id, p.admin_id, "admin logged out")
+            .await?;
     }
     let cookie = headers
         .get_all(header::COOKIE)

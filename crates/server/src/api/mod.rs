@@ -197,15 +197,30 @@ pub fn routes() -> Vec<RouteSpec> {
             IssueActivation,
             post(users::activation),
         ),
-        route(Method::POST, "/users/{id}/connect", UseKeys, post(crate::relay::api::connect)),
+        route(
+            Method::POST,
+            "/users/{id}/connect",
+            UseKeys,
+            post(crate::relay::api::connect),
+        ),
         route(
             Method::DELETE,
             "/users/{id}/connect",
             UseKeys,
             axum::routing::delete(crate::relay::api::disconnect),
         ),
-        route(Method::POST, "/pair/devices", Authenticated, post(crate::relay::api::register_device)),
-        route(Method::GET, "/pair/devices", Authenticated, get(crate::relay::api::list_devices)),
+        route(
+            Method::POST,
+            "/pair/devices",
+            Authenticated,
+            post(crate::relay::api::register_device),
+        ),
+        route(
+            Method::GET,
+            "/pair/devices",
+            Authenticated,
+            get(crate::relay::api::list_devices),
+        ),
         route(
             Method::DELETE,
             "/pair/devices/{id}",

@@ -42,7 +42,10 @@ pub async fn ctx(db: TestDb) -> Ctx {
         session_hours: 1,
         secure_cookies: false,
         aaguid: keyward_server::serve::KEYWARD_AAGUID,
-        relay: Some(keyward_server::relay::RelayHub::new(db.store.clone(), keyops.clone())),
+        relay: Some(keyward_server::relay::RelayHub::new(
+            db.store.clone(),
+            keyops.clone(),
+        )),
         ctap: Some(keyops),
     };
     let app = keyward_server::serve::app(state.clone());

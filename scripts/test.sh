@@ -53,9 +53,10 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # --- 4. Rust tests (SQLite + real PostgreSQL) ---------------------------------------------------
 step "Building binaries"
 cargo build --workspace --bins --quiet
-export KEYWARD_BIN="$root/target/debug/keyward"
-export KEYWARD_PAIR_BIN="$root/target/debug/keyward-pair"
-export KEYWARD_GRAPH_SIM_BIN="$root/target/debug/keyward-graph-sim"
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+export KEYWARD_BIN="$target_dir/debug/keyward"
+export KEYWARD_PAIR_BIN="$target_dir/debug/keyward-pair"
+export KEYWARD_GRAPH_SIM_BIN="$target_dir/debug/keyward-graph-sim"
 
 step "Rust tests (SQLite and PostgreSQL)"
 scripts/with-postgres.sh cargo test --workspace --quiet

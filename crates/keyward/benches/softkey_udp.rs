@@ -1,0 +1,342 @@
+//! getAssertion and PING round trips over UDP loopback against the real `keyward softkey` binary.
+//!
+//! The benchmark spawns `keyward softkey --udp 127.0.0.1:0 --attestation none` on a fresh state file
+//! (key file beside it, `KEYWARD_SOFTKEY_PASSPHRASE` unset), acts as a CTAP-HID host over one UDP
+//! socket (64-byte reports), registers one non-discoverable ES256 credential, then times N
+//! sequential getAssertion calls with that credential in the allowList, and N PINGs of 8 bytes as
+//! the transport-only floor. A round trip runs from the first report sent to the last report of the
+//! answer received and reassembled; KEEPALIVE reports are skipped.
+//!
+//! ```sh
+//! KEYWARD_BIN=target/release/keyward cargo bench -p keyward --bench softkey_udp
+//! ```
+//!
+//! `KEYWARD_BIN` names the binary (default: the one cargo built for this bench);
+//! `KEYWARD_BENCH_OPS` sets N (default 2000). The softkey's own log level follows `RUST_LOG`
+//! (default `info`, which logs one line per presence check).
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keyward_ctap::cbor::{self, Value};
+use keyward_ctap::hid::{BROADCAST_CID, REPORT_SIZE, cmd};
+
+const RP_ID: &str = "bench.keyward.example";
+const DEFAULT_OPS: usize = 2000;
+const WARMUP: usize = 20;
+
+/// Kills the softkey by its PID when dropped, also when the benchmark panics.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `KEYWARD_BIN`, else the binary cargo built for this bench. A relative `KEYWARD_BIN` that does
+/// not exist from the current directory (cargo runs benches in the package directory) is taken
+/// from the workspace root.
+fn keyward_bin() -> PathBuf {
+    let Some(bin) = std::env::var_os("KEYWARD_BIN").filter(|p| !p.is_empty()) else {
+        return PathBuf::from(env!("CARGO_BIN_EXE_keyward"));
+    };
+    let bin = PathBuf::from(bin);
+    if bin.is_relative() && !bin.exists() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let joined = root.join(&bin);
+        return std::fs::canonicalize(&joined).unwrap_or(joined);
+    }
+    bin
+}
+
+/// Starts the softkey and returns it with the address from its ready line.
+fn spawn_softkey(bin: &PathBuf, state: &std::path::Path) -> (ChildGuard, SocketAddr) {
+    let child = Command::new(bin)
+        .args(["softkey", "--udp", "127.0.0.1:0", "--state"])
+        .arg(state)
+        .args(["--attestation", "none"])
+        .env_remove("KEYWARD_SOFTKEY_PASSPHRASE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+    let mut guard = ChildGuard(child);
+    // Drain stderr (logs) so the softkey never blocks on a full pipe.
+    let mut stderr = guard.0.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 4096];
+        while matches!(stderr.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let stdout = guard.0.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("softkey exited before its ready line")
+            .expect("reading the softkey's stdout");
+        if let Some(addr) = line.strip_prefix("keyward softkey listening on ") {
+            break addr.trim().parse().expect("ready line address");
+        }
+    };
+    // Keep draining stdout too.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (guard, address)
+}
+
+/// A minimal CTAP-HID host over UDP.
+struct Host {
+    socket: UdpSocket,
+    cid: u32,
+}
+
+impl Host {
+    fn connect(server: SocketAddr) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.connect(server).expect("connect");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let mut host = Host {
+            socket,
+            cid: BROADCAST_CID,
+        };
+        let nonce = [0x5A; 8];
+        let (command, response) = host.call(cmd::INIT, &nonce);
+        assert_eq!(command, cmd::INIT, "INIT answer");
+        assert_eq!(response[..8], nonce, "INIT nonce echoed");
+        host.cid = u32::from_be_bytes([response[8], response[9], response[10], response[11]]);
+        assert_eq!(response[16] & 0x04, 0x04, "CBOR capability");
+        host
+    }
+
+    /// Sends a message and returns the first non-KEEPALIVE answer, reassembled.
+    fn call(&self, command: u8, payload: &[u8]) -> (u8, Vec<u8>) {
+        for report in keyward_ctap::hid::fragment(self.cid, command, payload) {
+            self.socket.send(&report).expect("send");
+        }
+        loop {
+            let first = self.recv();
+            if first[4] == 0x80 | cmd::KEEPALIVE {
+                continue;
+            }
+            assert_eq!(first[4] & 0x80, 0x80, "an init packet");
+            let len = usize::from(u16::from_be_bytes([first[5], first[6]]));
+            let mut data = first[7..].to_vec();
+            while data.len() < len {
+                data.extend_from_slice(&self.recv()[5..]);
+            }
+            data.truncate(len);
+            return (first[4] & 0x7F, data);
+        }
+    }
+
+    /// A CTAP2 command over CTAPHID_CBOR; returns the decoded response map.
+    fn cbor(&self, ctap_cmd: u8, request: &Value) -> Value {
+        let mut payload = vec![ctap_cmd];
+        payload.extend_from_slice(&cbor::encode(request));
+        let (command, response) = self.call(cmd::CBOR, &payload);
+        assert_eq!(command, cmd::CBOR, "CBOR answer (got {command:#04x})");
+        assert_eq!(response.first(), Some(&0x00), "CTAP2 status OK");
+        cbor::decode(&response[1..]).expect("canonical CBOR response")
+    }
+
+    fn recv(&self) -> [u8; REPORT_SIZE] {
+        let mut report = [0u8; REPORT_SIZE];
+        let n = self.socket.recv(&mut report).expect("a reply within 5 s");
+        assert_eq!(n, REPORT_SIZE, "one 64-byte report per datagram");
+        report
+    }
+}
+
+fn make_credential(host: &Host) -> Vec<u8> {
+    let request = cbor::int_map(vec![
+        (1, Value::bytes([0x11; 32])),
+        (
+            2,
+            cbor::text_map(vec![
+                ("id", Value::text(RP_ID)),
+                ("name", Value::text("Bench")),
+            ]),
+        ),
+        (
+            3,
+            cbor::text_map(vec![
+                ("id", Value::bytes(b"bench-user".to_vec())),
+                ("name", Value::text("bench")),
+            ]),
+        ),
+        (
+            4,
+            Value::Array(vec![cbor::text_map(vec![
+                ("alg", Value::int(-7)),
+                ("type", Value::text("public-key")),
+            ])]),
+        ),
+        (
+            7,
+            cbor::text_map(vec![("rk", Value::Bool(false)), ("up", Value::Bool(true))]),
+        ),
+    ]);
+    let response = host.cbor(0x01, &request);
+    let auth_data = response
+        .map_get_int(2)
+        .and_then(Value::as_bytes)
+        .expect("authData");
+    // rpIdHash(32) flags(1) signCount(4) aaguid(16) credentialIdLength(2) credentialId
+    assert_eq!(auth_data[32] & 0x40, 0x40, "attested credential data");
+    let len = usize::from(u16::from_be_bytes([auth_data[53], auth_data[54]]));
+    auth_data[55..55 + len].to_vec()
+}
+
+fn get_assertion_request(credential_id: &[u8]) -> Vec<u8> {
+    let request = cbor::int_map(vec![
+        (1, Value::text(RP_ID)),
+        (2, Value::bytes([0x22; 32])),
+        (
+            3,
+            Value::Array(vec![cbor::text_map(vec![
+                ("id", Value::bytes(credential_id.to_vec())),
+                ("type", Value::text("public-key")),
+            ])]),
+        ),
+        (5, cbor::text_map(vec![("up", Value::Bool(true))])),
+    ]);
+    let mut payload = vec![0x02];
+    payload.extend_from_slice(&cbor::encode(&request));
+    payload
+}
+
+/// Sign count from an assertion's authenticator data.
+fn sign_count(response: &[u8]) -> u32 {
+    assert_eq!(response.first(), Some(&0x00), "CTAP2 status OK");
+    let map = cbor::decode(&response[1..]).expect("canonical CBOR response");
+    let auth_data = map
+        .map_get_int(2)
+        .and_then(Value::as_bytes)
+        .expect("authData");
+    assert_eq!(auth_data[32] & 0x01, 0x01, "user present");
+    u32::from_be_bytes([auth_data[33], auth_data[34], auth_data[35], auth_data[36]])
+}
+
+struct Stats {
+    ops: usize,
+    p50: Duration,
+    p99: Duration,
+    mean: Duration,
+    ops_per_s: f64,
+}
+
+fn stats(mut samples: Vec<Duration>, wall: Duration) -> Stats {
+    samples.sort_unstable();
+    let ops = samples.len();
+    let rank = |p: usize| samples[(ops * p).div_ceil(100).max(1) - 1];
+    let total: Duration = samples.iter().sum();
+    Stats {
+        ops,
+        p50: rank(50),
+        p99: rank(99),
+        mean: total / u32::try_from(ops).expect("ops fit in u32"),
+        ops_per_s: ops as f64 / wall.as_secs_f64(),
+    }
+}
+
+/// Runs `op` `ops` times after `WARMUP` untimed calls; returns per-call times and the wall time.
+fn measure(ops: usize, mut op: impl FnMut()) -> Stats {
+    for _ in 0..WARMUP {
+        op();
+    }
+    let mut samples = Vec::with_capacity(ops);
+    let start = Instant::now();
+    for _ in 0..ops {
+        let t = Instant::now();
+        op();
+        samples.push(t.elapsed());
+    }
+    stats(samples, start.elapsed())
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments, as a harness-less bench may.
+    let ops = std::env::var("KEYWARD_BENCH_OPS")
+        .ok()
+        .map(|v| v.parse::<usize>().expect("KEYWARD_BENCH_OPS is a number"))
+        .unwrap_or(DEFAULT_OPS)
+        .max(1);
+    let bin = keyward_bin();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let state = dir.path().join("state");
+    let (child, address) = spawn_softkey(&bin, &state);
+    let host = Host::connect(address);
+
+    let credential_id = make_credential(&host);
+    let request = get_assertion_request(&credential_id);
+
+    let mut last_count = 0u32;
+    let assertion = measure(ops, || {
+        let (command, response) = host.call(cmd::CBOR, &request);
+        assert_eq!(command, cmd::CBOR, "CBOR answer");
+        let count = sign_count(&response);
+        assert!(count > last_count, "sign counter increases");
+        last_count = count;
+    });
+    let ping_payload = [0xA5u8; 8];
+    let ping = measure(ops, || {
+        let (command, response) = host.call(cmd::PING, &ping_payload);
+        assert_eq!(command, cmd::PING, "PING answer");
+        assert_eq!(response, ping_payload, "PING echoed");
+    });
+
+    drop(host);
+    drop(child);
+
+    println!();
+    println!("keyward softkey over UDP loopback ({})", bin.display());
+    println!(
+        "sequential round trips, one host socket, {WARMUP} untimed warm-up calls each; \
+         request sent -> answer reassembled"
+    );
+    println!();
+    println!(
+        "{:<34} {:>7} {:>11} {:>11} {:>11} {:>10}",
+        "operation", "ops", "p50", "p99", "mean", "ops/s"
+    );
+    for (name, s) in [
+        ("getAssertion (ES256, allowList)", &assertion),
+        ("PING 8 bytes (transport floor)", &ping),
+    ] {
+        println!(
+            "{:<34} {:>7} {:>11} {:>11} {:>11} {:>10.0}",
+            name,
+            s.ops,
+            micros(s.p50),
+            micros(s.p99),
+            micros(s.mean),
+            s.ops_per_s
+        );
+    }
+    println!();
+    println!(
+        "each getAssertion persists the new sign counter before replying: the state file is \
+         rewritten atomically (temporary file, fsync, rename, fsync of the directory)"
+    );
+    let goal = Duration::from_micros(150);
+    println!(
+        "goal: getAssertion p50 <= 150 µs -> {} (p50 {})",
+        if assertion.p50 <= goal {
+            "met"
+        } else {
+            "NOT met"
+        },
+        micros(assertion.p50)
+    );
+}

@@ -103,13 +103,8 @@ impl Store {
         org_id: Uuid,
         admin_id: Uuid,
     ) -> Result<Vec<PairDeviceRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {DEVICE_COLUMNS} FROM pair_devices WHERE org_id = $1 AND admin_id = $2 \
-             AND revoked_at IS NULL ORDER BY created_at DESC, id DESC"
-        );
-        Ok(
-            on_pool!(&self.db, p => sqlx::query_as(&sql).bind(org_id).bind(admin_id).fetch_all(p).await?),
-        )
+        self.pair_devices_of(org_id, DeviceOwner::Admin(admin_id))
+            .await
     }
 
     /// A user's devices that are not revoked, newest first.
@@ -118,12 +113,25 @@ impl Store {
         org_id: Uuid,
         user_id: Uuid,
     ) -> Result<Vec<PairDeviceRecord>, StoreError> {
+        self.pair_devices_of(org_id, DeviceOwner::User(user_id))
+            .await
+    }
+
+    async fn pair_devices_of(
+        &self,
+        org_id: Uuid,
+        owner: DeviceOwner,
+    ) -> Result<Vec<PairDeviceRecord>, StoreError> {
+        let (column, owner_id) = match owner {
+            DeviceOwner::Admin(id) => ("admin_id", id),
+            DeviceOwner::User(id) => ("user_id", id),
+        };
         let sql = format!(
-            "SELECT {DEVICE_COLUMNS} FROM pair_devices WHERE org_id = $1 AND user_id = $2 \
+            "SELECT {DEVICE_COLUMNS} FROM pair_devices WHERE org_id = $1 AND {column} = $2 \
              AND revoked_at IS NULL ORDER BY created_at DESC, id DESC"
         );
         Ok(
-            on_pool!(&self.db, p => sqlx::query_as(&sql).bind(org_id).bind(user_id).fetch_all(p).await?),
+            on_pool!(&self.db, p => sqlx::query_as(&sql).bind(org_id).bind(owner_id).fetch_all(p).await?),
         )
     }
 

@@ -9,6 +9,7 @@
 //!
 //! sqlx types never leave this crate: repositories return the plain records defined here.
 
+mod admin_auth;
 mod admins;
 mod audit;
 mod directories;
@@ -31,11 +32,16 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use admin_auth::{
+    AdminPasskeyRecord, CeremonyRecord, NewAdminPasskey, OneTimeTokenRecord, token_kind,
+};
 pub use admins::{AdminRecord, ApiTokenRecord, OrganisationRecord, SessionRecord};
 pub use audit::{AuditEntry, AuditFilter, AuditVerifyError, AuditVerifyReport};
 pub use directories::{DirectoryRecord, ExternalUser, ImportCounts, NewDirectory};
 pub use jobs::{ItemFinish, JobItemRecord, JobRecord, RpRegistration, item_state, job_state};
-pub use keys::{CredentialRecord, CredentialSummary, KeyTx, NewSecurityKey, SecurityKeyRecord};
+pub use keys::{
+    CredentialRecord, CredentialSummary, KeyTx, NewSecurityKey, OpMark, SecurityKeyRecord,
+};
 pub use pairing::{DelegatedSessionRecord, DeviceOwner, NewDelegatedSession, PairDeviceRecord};
 pub use users::{ActivationCodeRecord, NewUser, UserFilter, UserPatch, UserRecord};
 

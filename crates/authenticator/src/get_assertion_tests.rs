@@ -386,3 +386,26 @@ fn eddsa_credentials_sign_raw_ed25519_signatures() {
         .verify(&[data, &CLIENT_DATA_HASH].concat(), sig)
         .expect("Ed25519 signature verifies");
 }
+
+#[test]
+fn a_client_data_hash_that_is_not_32_bytes_is_invalid_length_and_changes_nothing() {
+    let mut h = Harness::new();
+    let id = register(&mut h, "example.com", b"u", false, None);
+    for len in [0, 31, 33] {
+        let mut params = get_assertion_params("example.com", &[&id]);
+        params.retain(|(k, _)| *k != 2);
+        params.push((2, Value::Bytes(vec![0x11; len])));
+        assert_eq!(
+            ga(&mut h, params),
+            Err(StatusCode::InvalidLength),
+            "{len}-byte clientDataHash"
+        );
+    }
+    let cred = h
+        .store
+        .credentials
+        .iter()
+        .find(|c| c.id == id)
+        .expect("stored");
+    assert_eq!(cred.sign_count, 0, "no counter spent on a refused request");
+}

@@ -363,3 +363,23 @@ fn store_failure_fails_closed_and_full_store_refuses_discoverables() {
         Some(StatusCode::KeyStoreFull)
     );
 }
+
+#[test]
+fn a_client_data_hash_that_is_not_32_bytes_is_invalid_length_and_stores_nothing() {
+    let mut h = Harness::new();
+    for len in [0, 31, 33] {
+        let mut params = make_credential_params("example.com", b"user-1", true);
+        params.retain(|(k, _)| *k != 1);
+        params.push((1, Value::Bytes(vec![0x11; len])));
+        assert_eq!(
+            mc(&mut h, params),
+            Err(StatusCode::InvalidLength),
+            "{len}-byte clientDataHash"
+        );
+    }
+    assert!(h.store.credentials.is_empty());
+    assert!(
+        h.presence.requests.is_empty(),
+        "refused before asking for presence"
+    );
+}

@@ -58,7 +58,8 @@ impl GetAssertionExtensions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GetAssertionRequest {
     pub rp_id: String,
-    pub client_data_hash: Vec<u8>,
+    /// Exactly 32 bytes; another length is CTAP1_ERR_INVALID_LENGTH.
+    pub client_data_hash: [u8; 32],
     pub allow_list: Vec<PublicKeyCredentialDescriptor>,
     pub extensions: GetAssertionExtensions,
     /// Defaults to true.
@@ -74,7 +75,8 @@ impl GetAssertionRequest {
     pub fn parse(params: Option<&Value>) -> Result<Self> {
         let entries = parse::int_keyed_map(params)?;
         let rp_id = parse::text(parse::required(parse::member(entries, 1))?)?;
-        let client_data_hash = parse::bytes(parse::required(parse::member(entries, 2))?)?;
+        let client_data_hash =
+            parse::fixed_bytes::<32>(parse::required(parse::member(entries, 2))?)?;
         let allow_list = parse::optional(
             parse::member(entries, 3),
             PublicKeyCredentialDescriptor::parse_list,

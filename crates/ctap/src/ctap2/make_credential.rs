@@ -40,7 +40,8 @@ impl MakeCredentialExtensions {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MakeCredentialRequest {
-    pub client_data_hash: Vec<u8>,
+    /// Exactly 32 bytes; another length is CTAP1_ERR_INVALID_LENGTH.
+    pub client_data_hash: [u8; 32],
     pub rp_id: String,
     pub rp_name: Option<String>,
     pub user: PublicKeyCredentialUserEntity,
@@ -60,7 +61,8 @@ pub struct MakeCredentialRequest {
 impl MakeCredentialRequest {
     pub fn parse(params: Option<&Value>) -> Result<Self> {
         let entries = parse::int_keyed_map(params)?;
-        let client_data_hash = parse::bytes(parse::required(parse::member(entries, 1))?)?;
+        let client_data_hash =
+            parse::fixed_bytes::<32>(parse::required(parse::member(entries, 1))?)?;
 
         let rp = parse::map(parse::required(parse::member(entries, 2))?)?;
         let rp_id = parse::text(parse::required(parse::text_member(rp, "id"))?)?;

@@ -45,6 +45,15 @@ pub(crate) fn bytes(value: &Value) -> Result<Vec<u8>> {
     }
 }
 
+/// A byte string of exactly `N` bytes; any other length is CTAP1_ERR_INVALID_LENGTH, as hardware
+/// keys answer a clientDataHash that is not 32 bytes (SoloKeys' `parse_fixed_byte_string`).
+pub(crate) fn fixed_bytes<const N: usize>(value: &Value) -> Result<[u8; N]> {
+    match value {
+        Value::Bytes(b) => <[u8; N]>::try_from(b.as_slice()).map_err(|_| StatusCode::InvalidLength),
+        _ => Err(StatusCode::CborUnexpectedType),
+    }
+}
+
 pub(crate) fn text(value: &Value) -> Result<String> {
     match value {
         Value::Text(t) => Ok(t.clone()),

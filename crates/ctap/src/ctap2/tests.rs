@@ -217,7 +217,7 @@ fn get_assertion_parses_and_rejects() {
 
     let defaults = GetAssertionRequest::parse(Some(&int_map(vec![
         (1, Value::text("a")),
-        (2, Value::Bytes(vec![])),
+        (2, Value::Bytes(vec![3; 32])),
     ])))
     .expect("parse");
     assert!(defaults.up, "up defaults to true");
@@ -227,7 +227,7 @@ fn get_assertion_parses_and_rejects() {
     );
     let bad_hmac = int_map(vec![
         (1, Value::text("a")),
-        (2, Value::Bytes(vec![])),
+        (2, Value::Bytes(vec![3; 32])),
         (
             4,
             text_map(vec![(
@@ -240,6 +240,25 @@ fn get_assertion_parses_and_rejects() {
         GetAssertionRequest::parse(Some(&bad_hmac)),
         Err(StatusCode::MissingParameter)
     );
+}
+
+#[test]
+fn client_data_hash_must_be_32_bytes() {
+    for len in [0, 1, 16, 31, 33, 64] {
+        assert_eq!(
+            MakeCredentialRequest::parse(Some(&with(mc_params(), 1, Value::Bytes(vec![1; len])))),
+            Err(StatusCode::InvalidLength),
+            "makeCredential, {len} bytes"
+        );
+        let params = int_map(vec![(1, Value::text("a")), (2, Value::Bytes(vec![1; len]))]);
+        assert_eq!(
+            GetAssertionRequest::parse(Some(&params)),
+            Err(StatusCode::InvalidLength),
+            "getAssertion, {len} bytes"
+        );
+    }
+    let request = MakeCredentialRequest::parse(Some(&int_map(mc_params()))).expect("parse");
+    assert_eq!(request.client_data_hash, [1; 32]);
 }
 
 #[test]

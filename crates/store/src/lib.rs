@@ -39,9 +39,7 @@ pub use admins::{AdminRecord, ApiTokenRecord, OrganisationRecord, SessionRecord}
 pub use audit::{AuditEntry, AuditFilter, AuditVerifyError, AuditVerifyReport};
 pub use directories::{DirectoryRecord, ExternalUser, ImportCounts, NewDirectory};
 pub use jobs::{ItemFinish, JobItemRecord, JobRecord, RpRegistration, item_state, job_state};
-pub use keys::{
-    CredentialRecord, CredentialSummary, KeyTx, NewSecurityKey, OpMark, SecurityKeyRecord,
-};
+pub use keys::{CredentialRecord, CredentialSummary, KeyTx, NewSecurityKey, SecurityKeyRecord};
 pub use pairing::{DelegatedSessionRecord, DeviceOwner, NewDelegatedSession, PairDeviceRecord};
 pub use users::{ActivationCodeRecord, NewUser, UserFilter, UserPatch, UserRecord};
 

@@ -208,6 +208,20 @@ def test_missing_parameters(ctap2: Ctap2):
     assert status_of(ctap2, b"\x02" + encode({1: "example.com"})) == ERR.MISSING_PARAMETER
 
 
+def test_client_data_hash_of_the_wrong_length_is_invalid_length(ctap2: Ctap2):
+    # Hardware keys parse clientDataHash as a fixed 32-byte string and answer another length
+    # with CTAP1_ERR_INVALID_LENGTH; nothing is created and no counter is spent.
+    made, _ = make_credential(ctap2)
+    for length in (0, 16, 31, 33, 64):
+        h = b"\x05" * length
+        mc = {1: h, 2: RP, 3: user(), 4: [ES256]}
+        assert status_of(ctap2, b"\x01" + encode(mc)) == ERR.INVALID_LENGTH, length
+        ga = {1: RP["id"], 2: h, 3: [descriptor(made)]}
+        assert status_of(ctap2, b"\x02" + encode(ga)) == ERR.INVALID_LENGTH, length
+    assertion, h = get_assertion(ctap2, [descriptor(made)])
+    assert verify_assertion(assertion, h, made).counter == 1
+
+
 def test_mistyped_parameters(ctap2: Ctap2):
     h = b"\x04" * 32
     good = {1: h, 2: RP, 3: user(), 4: [ES256]}

@@ -7,6 +7,7 @@
 //! three-wrong-PINs block is lifted.
 
 mod crypt;
+mod journal;
 mod state;
 mod transport;
 
@@ -195,6 +196,10 @@ impl SoftKey {
                 .set_attestation(generated)
                 .context("saving the attestation keys")?;
         }
+        // Start-up folds the counter journal into the state file and starts an empty one.
+        store
+            .compact()
+            .with_context(|| format!("compacting {}", args.state.display()))?;
         store
             .power_cycle()
             .context("resetting the PIN block at power-up")?;
@@ -288,7 +293,8 @@ fn open_existing(
     passphrase: Option<&[u8]>,
     requested_aaguid: Option<[u8; 16]>,
 ) -> anyhow::Result<(FileStore, SoftProtection)> {
-    let file = StateFile::read(path)?;
+    let store = FileStore::load(path)?;
+    let file = store.state();
     let key = match (&file.key_source, passphrase) {
         (KeySource::Passphrase { salt, iterations }, Some(p)) => {
             FileKey::from_passphrase(p, salt, *iterations)?
@@ -323,7 +329,7 @@ fn open_existing(
             hex::encode(&file.aaguid)
         );
     }
-    Ok((FileStore::new(path.to_path_buf(), file), protection))
+    Ok((store, protection))
 }
 
 fn create(
@@ -374,6 +380,7 @@ fn create(
         attestation: None,
         key_state: StoredKeyState::from(&keyward_authenticator::KeyState::default()),
         credentials: Vec::new(),
+        journal: None,
     };
     let mut store = FileStore::new(path.to_path_buf(), file);
     store

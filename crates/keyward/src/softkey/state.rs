@@ -3,11 +3,15 @@
 //! The file is JSON with a version field and base64 for bytes. Everything secret in it is sealed
 //! with the file key (see `crypt`); the PIN is only present as a keyed verifier.
 //!
-//! Every mutating `Store` call applies its change to a copy of the state, writes the whole file
-//! atomically (temporary file in the same directory, fsync, rename, fsync of the directory) and
-//! only then adopts the copy. So a reply never leaves before its state is on disk, a crash
-//! mid-write leaves the old or the new file but never a torn one, and a failed write leaves
-//! memory and disk agreeing (the engine then fails closed with CTAP2_ERR_OTHER).
+//! Rare changes (credentials created, deleted or renamed, PIN set or changed, configuration) are
+//! applied to a copy of the state, the whole file is written atomically (temporary file in the
+//! same directory, fsync, rename, fsync of the directory) and only then the copy is adopted.
+//! Frequent small changes (signature counters, PIN retries) go to the journal beside it (see
+//! `journal`): one record written in place and `fdatasync`ed before the change is adopted. So a
+//! reply never leaves before its state is on disk, a crash mid-write leaves the old or the new
+//! state but never a torn one (a torn journal record is discarded on load, and its answer never
+//! left), and a failed write leaves memory and disk agreeing or at worst the disk ahead (a counter
+//! skipped, never repeated); the engine then fails closed with CTAP2_ERR_OTHER.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
@@ -15,12 +19,18 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use base64::engine::general_purpose::STANDARD as B64;
 use keyward_authenticator::{KeyState, Store, StoreError, StoredCredential, UserEntity};
 use serde::{Deserialize, Serialize};
 
-/// The format version written by this code.
-pub const STATE_VERSION: u32 = 1;
+use super::journal::{self, Contents, Journal, Record};
+
+/// The format version written by this code: 2 names a counter journal. Version 1 files (no
+/// journal) are read and rewritten as version 2.
+pub const STATE_VERSION: u32 = 2;
+/// The oldest format version this code reads.
+const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// base64 (standard alphabet, padded) for `Vec<u8>` fields.
 mod b64 {
@@ -242,6 +252,15 @@ impl StoredCred {
     }
 }
 
+/// The journal that goes with a state file, and how much of it the state file already holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRef {
+    #[serde(with = "b64")]
+    pub id: Vec<u8>,
+    /// Records before this offset are folded into the state file.
+    pub covered: u64,
+}
+
 /// The whole state file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StateFile {
@@ -256,6 +275,9 @@ pub struct StateFile {
     pub attestation: Option<StoredAttestation>,
     pub key_state: StoredKeyState,
     pub credentials: Vec<StoredCred>,
+    /// The counter journal beside the file; absent until the key first runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalRef>,
 }
 
 impl StateFile {
@@ -269,9 +291,10 @@ impl StateFile {
         let text = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let state: StateFile =
             serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
-        if state.version != STATE_VERSION {
+        if !(OLDEST_READABLE_VERSION..=STATE_VERSION).contains(&state.version) {
             bail!(
-                "{} has format version {}, this keyward reads {STATE_VERSION}",
+                "{} has format version {}, this keyward reads versions \
+                 {OLDEST_READABLE_VERSION} to {STATE_VERSION}",
                 path.display(),
                 state.version
             );
@@ -318,24 +341,149 @@ pub fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// The softkey's [`Store`]: the state in memory, persisted whole on every change.
+/// The softkey's [`Store`]: the state in memory; rare changes rewrite the state file, counters
+/// go to the journal.
 #[derive(Debug)]
 pub struct FileStore {
     path: PathBuf,
+    /// What is on disk: the state file with the journal's records applied.
     state: StateFile,
+    /// The journal being appended to; `None` until the first write (or after a failed one), in
+    /// which case the next change starts a new journal.
+    journal: Option<Journal>,
+    journal_capacity: u64,
 }
 
 fn io_error(e: std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("writing the state file: {e}"))
 }
 
+/// Applies one journal record to the state read from disk.
+fn replay(state: &mut StateFile, record: &Record) -> anyhow::Result<()> {
+    match record {
+        Record::SignCount { id, count } => {
+            let cred = state
+                .credentials
+                .iter_mut()
+                .find(|c| &c.id == id)
+                .context("the journal has a counter for a credential the state file lacks")?;
+            // Records hold absolute values; a counter only ever grows.
+            cred.sign_count = cred.sign_count.max(*count);
+        }
+        Record::PinRetries {
+            retries,
+            consecutive_failures,
+        } => {
+            state.key_state.pin_retries = *retries;
+            state.key_state.consecutive_pin_failures = *consecutive_failures;
+        }
+    }
+    Ok(())
+}
+
 impl FileStore {
+    /// A store over a state that is not on disk yet (or whose journal is not read): the first
+    /// change writes the state file and starts a journal.
     pub fn new(path: PathBuf, state: StateFile) -> Self {
-        Self { path, state }
+        Self {
+            path,
+            state,
+            journal: None,
+            journal_capacity: journal::DEFAULT_CAPACITY,
+        }
+    }
+
+    /// Reads the state file and replays its journal. Writes nothing.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let mut state = StateFile::read(path)?;
+        if let Some(reference) = &state.journal {
+            let id = <[u8; journal::ID_LEN]>::try_from(reference.id.as_slice())
+                .context("the state file's journal id is not 16 bytes")?;
+            match journal::read(path, &id, reference.covered)? {
+                None => bail!(
+                    "{} is missing: it holds the latest signature counters and PIN retries of                      {}, which would otherwise repeat; restore it from where the state file came                      from",
+                    journal::path_for(path).display(),
+                    path.display()
+                ),
+                Some(Contents::Stale) => tracing::info!(
+                    journal = %journal::path_for(path).display(),
+                    "ignoring a journal already folded into the state file"
+                ),
+                Some(Contents::Records { records, .. }) => {
+                    for record in &records {
+                        replay(&mut state, record).with_context(|| {
+                            format!("replaying {}", journal::path_for(path).display())
+                        })?;
+                    }
+                }
+            }
+        }
+        Ok(Self::new(path.to_path_buf(), state))
     }
 
     pub fn state(&self) -> &StateFile {
         &self.state
+    }
+
+    /// Sets the size of journals started from now on (tests use small ones).
+    #[cfg(test)]
+    pub fn set_journal_capacity(&mut self, bytes: u64) {
+        self.journal_capacity = bytes;
+    }
+
+    /// Folds the journal into the state file and starts a new, empty journal.
+    pub fn compact(&mut self) -> Result<(), StoreError> {
+        let next = self.state.clone();
+        self.commit_with_new_journal(next)
+    }
+
+    /// Writes `next` as the state file, naming the journal in use and how far it is folded in,
+    /// then adopts it. Without a journal in use, starts one.
+    fn commit(&mut self, mut next: StateFile) -> Result<(), StoreError> {
+        let Some(journal) = &self.journal else {
+            return self.commit_with_new_journal(next);
+        };
+        next.version = STATE_VERSION;
+        next.journal = Some(JournalRef {
+            id: journal.id().to_vec(),
+            covered: journal.end(),
+        });
+        next.write_atomic(&self.path).map_err(io_error)?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// Writes `next` as the state file together with a new, empty journal. The order keeps every
+    /// crash point consistent: where the state file names a journal, that journal stays in place
+    /// until the new state file (naming the new journal) is on disk, and is stale from then on;
+    /// where it names none, the new journal goes in place first, unnamed and so ignored.
+    fn commit_with_new_journal(&mut self, mut next: StateFile) -> Result<(), StoreError> {
+        let mut id = [0u8; journal::ID_LEN];
+        SystemRandom::new()
+            .fill(&mut id)
+            .map_err(|_| StoreError::Unavailable("random number generator".into()))?;
+        let new = Journal::create(&self.path, id, self.journal_capacity).map_err(io_error)?;
+        next.version = STATE_VERSION;
+        next.journal = Some(JournalRef {
+            id: id.to_vec(),
+            covered: journal::HEADER_LEN,
+        });
+        // Whatever happens now, the journal in use (if any) is no longer appended to.
+        self.journal = None;
+        if self.state.journal.is_some() {
+            if let Err(e) = next.write_atomic(&self.path) {
+                new.discard();
+                return Err(io_error(e));
+            }
+            self.state = next;
+            self.journal = Some(new.install().map_err(io_error)?);
+        } else {
+            let journal = new.install().map_err(io_error)?;
+            next.write_atomic(&self.path).map_err(io_error)?;
+            self.state = next;
+            self.journal = Some(journal);
+        }
+        Ok(())
     }
 
     /// Applies `change` to a copy, persists it, then adopts it. Nothing changes on error.
@@ -345,9 +493,46 @@ impl FileStore {
     ) -> Result<T, StoreError> {
         let mut next = self.state.clone();
         let out = change(&mut next)?;
-        next.write_atomic(&self.path).map_err(io_error)?;
-        self.state = next;
+        self.commit(next)?;
         Ok(out)
+    }
+
+    /// Records a small change in the journal (durably), then applies it in memory. A full
+    /// journal is folded into the state file together with the change.
+    fn journal_change(
+        &mut self,
+        record: Record,
+        apply: impl FnOnce(&mut StateFile),
+    ) -> Result<(), StoreError> {
+        match &mut self.journal {
+            Some(journal) if journal.has_room(&record) => {
+                if let Err(e) = journal.append(&record) {
+                    // Whether the record reached the disk is unknown: start afresh next time.
+                    self.journal = None;
+                    return Err(io_error(e));
+                }
+                apply(&mut self.state);
+                Ok(())
+            }
+            _ => {
+                let mut next = self.state.clone();
+                apply(&mut next);
+                self.commit_with_new_journal(next)
+            }
+        }
+    }
+
+    fn set_pin_retries(&mut self, retries: u8, consecutive_failures: u8) -> Result<(), StoreError> {
+        self.journal_change(
+            Record::PinRetries {
+                retries,
+                consecutive_failures,
+            },
+            |s| {
+                s.key_state.pin_retries = retries;
+                s.key_state.consecutive_pin_failures = consecutive_failures;
+            },
+        )
     }
 
     /// The power cycle of a process start: wrong PINs in a row no longer count
@@ -356,10 +541,7 @@ impl FileStore {
         if self.state.key_state.consecutive_pin_failures == 0 {
             return Ok(());
         }
-        self.update(|s| {
-            s.key_state.consecutive_pin_failures = 0;
-            Ok(())
-        })
+        self.set_pin_retries(self.state.key_state.pin_retries, 0)
     }
 
     /// Persists the state as it is (used once a new file has been put together).
@@ -386,6 +568,18 @@ impl Store for FileStore {
 
     fn save_state(&mut self, state: &KeyState) -> Result<(), StoreError> {
         let stored = StoredKeyState::from(state);
+        let current = &self.state.key_state;
+        if stored == *current {
+            return Ok(());
+        }
+        let counters_only = StoredKeyState {
+            pin_retries: current.pin_retries,
+            consecutive_pin_failures: current.consecutive_pin_failures,
+            ..stored.clone()
+        } == *current;
+        if counters_only {
+            return self.set_pin_retries(stored.pin_retries, stored.consecutive_pin_failures);
+        }
         self.update(|s| {
             s.key_state = stored;
             Ok(())
@@ -393,12 +587,11 @@ impl Store for FileStore {
     }
 
     fn spend_pin_retry(&mut self) -> Result<KeyState, StoreError> {
-        self.update(|s| {
-            s.key_state.pin_retries = s.key_state.pin_retries.saturating_sub(1);
-            s.key_state.consecutive_pin_failures =
-                s.key_state.consecutive_pin_failures.saturating_add(1);
-            s.key_state.to_key_state()
-        })
+        let current = &self.state.key_state;
+        let retries = current.pin_retries.saturating_sub(1);
+        let failures = current.consecutive_pin_failures.saturating_add(1);
+        self.set_pin_retries(retries, failures)?;
+        self.state.key_state.to_key_state()
     }
 
     fn credentials_for_rp(
@@ -475,16 +668,29 @@ impl Store for FileStore {
     }
 
     fn next_sign_count(&mut self, id: &[u8]) -> Result<u32, StoreError> {
-        self.update(|s| {
-            let cred = Self::find(s, id)
-                .ok_or_else(|| StoreError::Conflict("no such credential".into()))?;
-            // A counter that would wrap must not be reused: refuse to sign instead.
-            cred.sign_count = cred
-                .sign_count
-                .checked_add(1)
-                .ok_or_else(|| StoreError::Conflict("signature counter exhausted".into()))?;
-            Ok(cred.sign_count)
-        })
+        let cred = self
+            .state
+            .credentials
+            .iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| StoreError::Conflict("no such credential".into()))?;
+        // A counter that would wrap must not be reused: refuse to sign instead.
+        let count = cred
+            .sign_count
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Conflict("signature counter exhausted".into()))?;
+        self.journal_change(
+            Record::SignCount {
+                id: id.to_vec(),
+                count,
+            },
+            |s| {
+                if let Some(cred) = Self::find(s, id) {
+                    cred.sign_count = count;
+                }
+            },
+        )?;
+        Ok(count)
     }
 
     fn wipe(&mut self) -> Result<(), StoreError> {

@@ -49,12 +49,10 @@ fn credential(id: u8, rp: &str, user: u8, discoverable: bool) -> StoredCredentia
     }
 }
 
-/// Re-reads the state file from disk as a fresh store: what a restarted process would see.
+/// Re-reads the state file and its journal from disk as a fresh store: what a restarted process
+/// would see.
 fn reload(path: &Path) -> FileStore {
-    FileStore::new(
-        path.to_path_buf(),
-        StateFile::read(path).expect("state file readable"),
-    )
+    FileStore::load(path).expect("state file and journal readable")
 }
 
 #[test]
@@ -134,13 +132,14 @@ fn every_store_change_is_on_disk_when_the_call_returns() {
     assert!(after.discoverable_credentials().expect("list").is_empty());
     assert!(after.credential(&[1; 32]).expect("read").is_none());
     assert_eq!(after.load_state().expect("state"), KeyState::default());
-    // Only the state and its key file are in the directory: no temporary files are left behind.
+    // Only the state, its journal and its key file are in the directory: no temporary files are
+    // left behind.
     let mut names: Vec<_> = fs::read_dir(dir.path())
         .expect("dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["key.json", "key.json.key"]);
+    assert_eq!(names, ["key.json", "key.json.journal", "key.json.key"]);
 }
 
 #[test]
@@ -235,7 +234,7 @@ fn key_file_is_private_and_the_state_holds_no_plaintext_keys() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     let text = fs::read_to_string(dir.path().join("key.json")).expect("state");
-    assert!(text.contains("\"version\": 1"));
+    assert!(text.contains("\"version\": 2"));
     assert!(!text.contains("PRIVATE KEY"));
     let Attestation::Packed(batch) = &key.engine.config().attestation else {
         panic!("packed expected")
@@ -244,6 +243,17 @@ fn key_file_is_private_and_the_state_holds_no_plaintext_keys() {
     assert!(
         !text.contains(&batch_b64),
         "the batch private key must be sealed"
+    );
+    let journal = fs::read(dir.path().join("key.json.journal")).expect("journal");
+    let journal_mode = fs::metadata(dir.path().join("key.json.journal"))
+        .expect("journal")
+        .permissions()
+        .mode();
+    assert_eq!(journal_mode & 0o777, 0o600);
+    assert!(
+        !journal
+            .windows(batch.pkcs8_der.len())
+            .any(|w| w == batch.pkcs8_der.as_slice())
     );
 }
 
@@ -447,4 +457,213 @@ fn slow_presence_sends_upneeded_keepalives_and_honours_cancel() {
 
     signals.stop.store(true, Ordering::SeqCst);
     handle.join().expect("serve thread");
+}
+
+// --- The counter journal: crash points and damage ------------------------------------------
+
+/// A store on a fresh key with one credential (id [1; 32]), and the state file's path.
+fn store_with_credential(dir: &Path) -> (FileStore, PathBuf) {
+    let mut store = SoftKey::open(&args(dir), None).expect("create").store;
+    store
+        .insert_credential(&credential(1, "example.com", 1, true))
+        .expect("insert");
+    (store, dir.join("key.json"))
+}
+
+fn count_on_disk(path: &Path) -> u32 {
+    reload(path)
+        .credential(&[1; 32])
+        .expect("read")
+        .expect("present")
+        .sign_count
+}
+
+#[test]
+fn counters_take_the_journal_not_a_state_rewrite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, path) = store_with_credential(dir.path());
+    let state_before = fs::read(&path).expect("state");
+    for expected in 1..=50 {
+        assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), expected);
+        assert_eq!(
+            count_on_disk(&path),
+            expected,
+            "on disk when the call returns"
+        );
+    }
+    store.spend_pin_retry().expect("spend");
+    assert_eq!(reload(&path).load_state().expect("state").pin_retries, 7);
+    assert_eq!(
+        fs::read(&path).expect("state"),
+        state_before,
+        "the state file itself was not rewritten"
+    );
+    // A rare change rewrites the state file and records how far the journal is folded in; the
+    // records before that point are not replayed again over it.
+    store
+        .save_state(&KeyState {
+            pin_verifier: Some([3; 32]),
+            ..KeyState::default()
+        })
+        .expect("set PIN");
+    let mut after = reload(&path);
+    let state = after.load_state().expect("state");
+    assert_eq!((state.pin_retries, state.pin_verifier), (8, Some([3; 32])));
+    assert_eq!(count_on_disk(&path), 50);
+}
+
+#[test]
+fn a_torn_last_record_loses_only_the_unanswered_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, path) = store_with_credential(dir.path());
+    let journal = journal::path_for(&path);
+    for _ in 0..5 {
+        store.next_sign_count(&[1; 32]).expect("count");
+    }
+    let before = fs::read(&journal).expect("journal");
+    // The sixth change, as if the process died during its write: every prefix of the record.
+    assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), 6);
+    let after = fs::read(&journal).expect("journal");
+    let start = before
+        .iter()
+        .zip(&after)
+        .position(|(a, b)| a != b)
+        .expect("the record changed the file");
+    let end = after.len()
+        - before
+            .iter()
+            .rev()
+            .zip(after.iter().rev())
+            .position(|(a, b)| a != b)
+            .expect("changed");
+    let state = fs::read(&path).expect("state");
+    for cut in start..end {
+        let mut torn = after.clone();
+        torn[cut..end].fill(0);
+        fs::write(&journal, &torn).expect("write");
+        let mut reopened = reload(&path);
+        let on_disk = reopened
+            .credential(&[1; 32])
+            .expect("read")
+            .expect("present")
+            .sign_count;
+        assert_eq!(on_disk, 5, "a torn record is discarded (cut at {cut})");
+        // The answer with 6 never left; the next one may reuse 6 but never 5 or lower.
+        assert!(reopened.next_sign_count(&[1; 32]).expect("count") > 5);
+        // The reopened store started a new journal; put the crashed files back for the next cut.
+        fs::write(&path, &state).expect("restore");
+        fs::write(&journal, &after).expect("restore");
+    }
+    assert_eq!(count_on_disk(&path), 6);
+}
+
+#[test]
+fn a_damaged_journal_record_before_others_fails_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, path) = store_with_credential(dir.path());
+    let before = fs::read(journal::path_for(&path)).expect("journal");
+    for _ in 0..3 {
+        store.next_sign_count(&[1; 32]).expect("count");
+    }
+    let mut bytes = fs::read(journal::path_for(&path)).expect("journal");
+    let first = before
+        .iter()
+        .zip(&bytes)
+        .position(|(a, b)| a != b)
+        .expect("records written");
+    bytes[first + 5] ^= 0x01;
+    fs::write(journal::path_for(&path), &bytes).expect("write");
+    let error = FileStore::load(&path).expect_err("damage refused");
+    let message = format!("{error:#}");
+    assert!(message.contains("damaged at offset"), "{message}");
+    assert!(
+        SoftKey::open(&args(dir.path()), None).is_err(),
+        "the key does not start on a damaged journal"
+    );
+}
+
+#[test]
+fn a_missing_journal_fails_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, path) = store_with_credential(dir.path());
+    store.next_sign_count(&[1; 32]).expect("count");
+    fs::remove_file(journal::path_for(&path)).expect("remove");
+    let message = format!("{:#}", FileStore::load(&path).expect_err("refused"));
+    assert!(message.contains("missing"), "{message}");
+}
+
+#[test]
+fn every_crash_point_of_a_compaction_keeps_the_counters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, path) = store_with_credential(dir.path());
+    let journal = journal::path_for(&path);
+    for _ in 0..4 {
+        store.next_sign_count(&[1; 32]).expect("count");
+    }
+    let old_state = fs::read(&path).expect("state");
+    let old_journal = fs::read(&journal).expect("journal");
+    store.compact().expect("compact");
+    let new_state = fs::read(&path).expect("state");
+    assert_ne!(old_state, new_state);
+    // Crashed before the new state file: old state and old journal.
+    fs::write(&path, &old_state).expect("write");
+    fs::write(&journal, &old_journal).expect("write");
+    assert_eq!(count_on_disk(&path), 4);
+    // Crashed after the new state file, before the new journal went in: the old journal is
+    // stale and ignored, the state file holds its counters.
+    fs::write(&path, &new_state).expect("write");
+    assert_eq!(count_on_disk(&path), 4);
+    // A journal from another key (or an old generation) is never replayed.
+    let other = tempfile::tempdir().expect("tempdir");
+    let (mut other_store, other_path) = store_with_credential(other.path());
+    for _ in 0..9 {
+        other_store.next_sign_count(&[1; 32]).expect("count");
+    }
+    fs::copy(journal::path_for(&other_path), &journal).expect("copy");
+    assert_eq!(count_on_disk(&path), 4);
+}
+
+#[test]
+fn a_full_journal_is_folded_into_the_state_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, path) = store_with_credential(dir.path());
+    store.set_journal_capacity(0); // the smallest journal: a few dozen records
+    store.compact().expect("compact");
+    let mut ids = std::collections::HashSet::new();
+    for expected in 1..=200u32 {
+        assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), expected);
+        ids.insert(store.state().journal.clone().expect("journal").id);
+        if expected % 17 == 0 {
+            assert_eq!(count_on_disk(&path), expected);
+        }
+    }
+    assert!(ids.len() > 2, "the journal was replaced as it filled up");
+    assert_eq!(count_on_disk(&path), 200);
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 3, "no temporary files left: {names:?}");
+}
+
+#[test]
+fn a_version_1_state_file_is_read_and_upgraded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, path) = store_with_credential(dir.path());
+    store.next_sign_count(&[1; 32]).expect("count");
+    store.compact().expect("compact");
+    drop(store);
+    // What an older keyward wrote: version 1, no journal.
+    let mut file = StateFile::read(&path).expect("read");
+    file.version = 1;
+    file.journal = None;
+    let json = serde_json::to_string_pretty(&file).expect("json");
+    assert!(!json.contains("journal"));
+    fs::write(&path, json).expect("write");
+    fs::remove_file(journal::path_for(&path)).expect("remove");
+    let mut key = SoftKey::open(&args(dir.path()), None).expect("open");
+    assert_eq!(key.store.next_sign_count(&[1; 32]).expect("count"), 2);
+    let text = fs::read_to_string(&path).expect("state");
+    assert!(text.contains("\"version\": 2") && text.contains("\"journal\""));
+    assert_eq!(count_on_disk(&path), 2);
 }

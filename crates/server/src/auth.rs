@@ -1,9 +1,8 @@
 //! Admin authentication: argon2id passwords, cookie sessions with a CSRF token, bearer API tokens
-//! (high-entropy, stored as SHA-256), and a login rate limiter.
+//! (high-entropy, stored as SHA-256), the WebAuthn relying party of admin passkeys, and a login
+//! rate limiter whose counts live in the database (shared by every replica).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -167,45 +166,58 @@ pub async fn authenticate(
     principal_of(admin)
 }
 
-/// Fixed-window limiter keyed by client IP and e-mail: at most `max` attempts per `window`.
+/// Fixed-window limiter keyed by client IP and e-mail: at most `max` attempts per `window`. The
+/// buckets are rows in the database, named by the SHA-256 of the key (no e-mail address or IP is
+/// stored), so replicas on one PostgreSQL share the count.
 pub struct RateLimiter {
     max: u32,
     window: Duration,
-    hits: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 impl RateLimiter {
     pub fn new(max: u32, window: Duration) -> Self {
-        RateLimiter {
-            max,
-            window,
-            hits: Mutex::new(HashMap::new()),
-        }
+        RateLimiter { max, window }
     }
 
     /// Counts an attempt; refuses with the seconds until the window reopens.
-    pub fn check(&self, key: &str) -> Result<(), ApiError> {
-        let now = Instant::now();
-        let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
-        if hits.len() > 100_000 {
-            hits.retain(|_, (start, _)| now.duration_since(*start) < self.window);
-        }
-        let entry = hits.entry(key.to_owned()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
-        }
-        if entry.1 >= self.max {
-            let wait = self
-                .window
-                .saturating_sub(now.duration_since(entry.0))
-                .as_secs()
-                .max(1);
+    pub async fn check(&self, store: &Store, key: &str) -> Result<(), ApiError> {
+        let window_ms = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let (hits, started) = store
+            .rate_limit_hit(&secret_hash(key), now_ms, window_ms)
+            .await?;
+        if hits > i64::from(self.max) {
+            let wait_ms = (started + window_ms - now_ms).max(0);
             return Err(ApiError::RateLimited {
-                retry_after_secs: wait,
+                retry_after_secs: u64::try_from(wait_ms / 1000).unwrap_or(0).max(1),
             });
         }
-        entry.1 += 1;
         Ok(())
+    }
+}
+
+/// The WebAuthn relying party of admin passkeys, from the public URL: its host is the RP id, the
+/// URL itself the only accepted origin.
+#[derive(Debug, Clone)]
+pub struct RelyingParty {
+    pub rp_id: webauthn_rp::request::RpId,
+    pub origin: String,
+}
+
+impl RelyingParty {
+    /// `url` as checked by [`crate::config::parse_public_url`]: scheme, DNS host, optional port.
+    pub fn from_public_url(url: &str) -> Result<Self, String> {
+        let origin = crate::config::parse_public_url(url).map_err(|e| e.to_string())?;
+        let host = origin
+            .split_once("://")
+            .map(|(_, rest)| rest.split(':').next().unwrap_or(rest))
+            .unwrap_or_default();
+        let domain = webauthn_rp::request::AsciiDomain::try_from(host.to_owned())
+            .map_err(|e| format!("{host} is not a valid relying-party id: {e}"))?;
+        Ok(RelyingParty {
+            rp_id: webauthn_rp::request::RpId::Domain(domain),
+            origin,
+        })
     }
 }
 
@@ -222,15 +234,30 @@ mod tests {
         assert!(!verify_password("correct horse", "not a phc string"));
     }
 
-    #[test]
-    fn limiter_refuses_after_max_and_reports_retry_after() {
+    #[tokio::test]
+    async fn limiter_refuses_after_max_and_reports_retry_after() {
+        let db = keyward_store::testing::sqlite().await;
         let l = RateLimiter::new(2, Duration::from_secs(60));
-        assert!(l.check("ip|a").is_ok());
-        assert!(l.check("ip|a").is_ok());
+        assert!(l.check(&db.store, "ip|a").await.is_ok());
+        assert!(l.check(&db.store, "ip|a").await.is_ok());
+        assert!(matches!(
+            l.check(&db.store, "ip|a").await,
+            Err(ApiError::RateLimited { retry_after_secs }) if retry_after_secs > 0 && retry_after_secs <= 60
+        ));
         assert!(
-            matches!(l.check("ip|a"), Err(ApiError::RateLimited { retry_after_secs }) if retry_after_secs > 0)
+            l.check(&db.store, "ip|b").await.is_ok(),
+            "other keys are independent"
         );
-        assert!(l.check("ip|b").is_ok(), "other keys are independent");
+    }
+
+    #[test]
+    fn relying_party_comes_from_the_public_url() {
+        let rp = RelyingParty::from_public_url("http://localhost:8080").expect("rp");
+        assert_eq!(rp.origin, "http://localhost:8080");
+        assert!(
+            matches!(&rp.rp_id, webauthn_rp::request::RpId::Domain(d) if d.as_ref() == "localhost")
+        );
+        assert!(RelyingParty::from_public_url("https://127.0.0.1").is_err());
     }
 
     #[test]

@@ -131,6 +131,85 @@ pub async fn create_token(
     Ok(token)
 }
 
+/// How long the first-run set-up link works.
+pub const SETUP_LINK_HOURS: i64 = 24;
+/// How long a sign-in link works.
+pub const SIGNIN_LINK_MINUTES: i64 = 15;
+
+/// While no admin exists, makes a fresh one-time set-up link under `base_url` (the public URL)
+/// and returns it; any link made before stops working. `None` once an admin exists.
+pub async fn setup_link(store: &Store, base_url: &str) -> Result<Option<String>, BootstrapError> {
+    if store.admin_count().await? > 0 {
+        return Ok(None);
+    }
+    let token = zeroize::Zeroizing::new(auth::new_secret("kwsetup_"));
+    let expires = chrono::Utc::now() + chrono::Duration::hours(SETUP_LINK_HOURS);
+    store
+        .replace_setup_token(&auth::secret_hash(&token), expires.timestamp_millis())
+        .await?;
+    // In the fragment: browsers never send it to the server, so it reaches no access log.
+    Ok(Some(format!(
+        "{}/setup#token={}",
+        base_url.trim_end_matches('/'),
+        token.as_str()
+    )))
+}
+
+/// Makes a one-time sign-in link for an existing, enabled admin (audited); it works once, for
+/// [`SIGNIN_LINK_MINUTES`] minutes.
+pub async fn login_link(
+    store: &Store,
+    org_name: Option<&str>,
+    email: &str,
+    base_url: &str,
+) -> Result<String, BootstrapError> {
+    let org_id = match org_name {
+        Some(n) => Some(
+            store
+                .organisation_by_name(n)
+                .await?
+                .ok_or_else(|| BootstrapError::NoSuchOrg(n.into()))?
+                .id,
+        ),
+        None => None,
+    };
+    let mut admins = store.admins_by_email(org_id, email).await?;
+    let admin = match admins.len() {
+        0 => return Err(BootstrapError::NoSuchAdmin(email.into())),
+        1 => admins.remove(0),
+        _ => return Err(BootstrapError::AmbiguousAdmin(email.into())),
+    };
+    if admin.disabled {
+        return Err(BootstrapError::Invalid(format!(
+            "the admin {email} is disabled"
+        )));
+    }
+    let token = zeroize::Zeroizing::new(auth::new_secret("kwlink_"));
+    let expires = chrono::Utc::now() + chrono::Duration::minutes(SIGNIN_LINK_MINUTES);
+    let mut tx = store.begin().await?;
+    tx.insert_one_time_token(
+        &auth::secret_hash(&token),
+        keyward_store::token_kind::SIGNIN,
+        Some(admin.id),
+        expires.timestamp_millis(),
+    )
+    .await?;
+    tx.append_audit(
+        admin.org_id,
+        "cli",
+        "auth.link_issued",
+        &format!("admin:{}", admin.id),
+        json!({"email": admin.email, "expires_at": expires}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(format!(
+        "{}/sign-in#link={}",
+        base_url.trim_end_matches('/'),
+        token.as_str()
+    ))
+}
+
 pub async fn verify_audit(
     store: &Store,
 ) -> Result<Result<AuditVerifyReport, AuditVerifyError>, BootstrapError> {

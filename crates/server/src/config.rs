@@ -61,6 +61,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     log_format: Option<String>,
     session_hours: Option<i64>,
+    public_url: Option<String>,
 }
 
 /// The effective configuration.
@@ -77,6 +78,11 @@ pub struct Config {
     /// `text` or `json`.
     pub log_format: String,
     pub session_hours: i64,
+    /// The URL admins open the panel at (scheme, host, optional port; no path). It is the WebAuthn
+    /// origin of admin passkeys, its host their relying-party id, and the base of printed links.
+    /// Unset on a loopback address it is `http://localhost:<port>` (an IP address cannot be a
+    /// WebAuthn relying-party id).
+    pub public_url: Option<String>,
 }
 
 /// The environment variables this server reads; any other `KEYWARD_*` earns a warning.
@@ -88,6 +94,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "KEYWARD_TLS_KEY",
     "KEYWARD_LOG_FORMAT",
     "KEYWARD_SESSION_HOURS",
+    "KEYWARD_PUBLIC_URL",
     "KEYWARD_CONFIG",
     "KEYWARD_LOG",
     // Read by other parts (vault, softkey, pairing tool, graph simulator, tests and benchmarks),
@@ -178,7 +185,12 @@ impl Config {
                 reason: "expected 1 to 720".into(),
             });
         }
+        let public_url = match get("KEYWARD_PUBLIC_URL").or(fc.public_url) {
+            Some(u) => Some(parse_public_url(&u)?),
+            None => None,
+        };
         let config = Config {
+            public_url,
             listen,
             data_dir,
             database_url,
@@ -201,10 +213,67 @@ impl Config {
         Ok((config, unknown))
     }
 
+    /// The effective public URL: the configured one, or `http://localhost:<port>` on loopback.
+    /// `None` when neither applies; passkey sign-in and printed links then need `public_url`.
+    pub fn effective_public_url(&self) -> Option<String> {
+        match &self.public_url {
+            Some(u) => Some(u.clone()),
+            None if self.is_loopback() && self.tls_cert.is_none() => {
+                Some(format!("http://localhost:{}", self.listen.port()))
+            }
+            None if self.is_loopback() => Some(format!("https://localhost:{}", self.listen.port())),
+            None => None,
+        }
+    }
+
     /// Whether the listening address is loopback (plain HTTP allowed).
     pub fn is_loopback(&self) -> bool {
         self.listen.ip().is_loopback()
     }
+}
+
+/// Checks a public URL: `https://host[:port]`, or `http://` for localhost only; no path, query or
+/// fragment (a WebAuthn origin has none). Returns it without a trailing slash.
+pub fn parse_public_url(url: &str) -> Result<String, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        name: "KEYWARD_PUBLIC_URL",
+        reason: reason.to_owned(),
+    };
+    let url = url.trim().trim_end_matches('/');
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| invalid("expected https://host[:port]"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+        return Err(invalid("expected only scheme, host and port, no path"));
+    }
+    let host = match rest.split_once(':') {
+        Some((h, port)) => {
+            port.parse::<u16>()
+                .map_err(|_| invalid("the port must be a number"))?;
+            h
+        }
+        None => rest,
+    };
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err(invalid(
+            "the host must be a DNS name (WebAuthn does not accept IP addresses)",
+        ));
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Err(invalid(
+            "the host must be a DNS name (WebAuthn does not accept IP addresses)",
+        ));
+    }
+    match scheme {
+        "https" => {}
+        "http" if host == "localhost" => {}
+        _ => return Err(invalid("use https (http only for localhost)")),
+    }
+    Ok(format!("{scheme}://{}", rest.to_ascii_lowercase()))
 }
 
 #[cfg(test)]
@@ -271,6 +340,39 @@ mod tests {
             (c.listen, c.data_dir, c.session_hours),
             (d.listen, d.data_dir, d.session_hours)
         );
+    }
+
+    #[test]
+    fn public_url_defaults_to_localhost_on_loopback_and_is_checked() {
+        let (c, _) =
+            Config::load(None, &env(&[("KEYWARD_LISTEN", "127.0.0.1:9123")])).expect("load");
+        assert_eq!(
+            c.effective_public_url().as_deref(),
+            Some("http://localhost:9123")
+        );
+        let (c, _) = Config::load(
+            None,
+            &env(&[("KEYWARD_PUBLIC_URL", "https://Keys.Example.com:8443/")]),
+        )
+        .expect("load");
+        assert_eq!(
+            c.public_url.as_deref(),
+            Some("https://keys.example.com:8443")
+        );
+        for bad in [
+            "keys.example.com",
+            "http://keys.example.com",
+            "https://10.0.0.1",
+            "https://keys.example.com/panel",
+            "https://keys.example.com:x",
+        ] {
+            assert!(
+                Config::load(None, &env(&[("KEYWARD_PUBLIC_URL", bad)])).is_err(),
+                "{bad} must be refused"
+            );
+        }
+        let (c, _) = Config::load(None, &env(&[("KEYWARD_LISTEN", "0.0.0.0:8443")])).expect("load");
+        assert_eq!(c.effective_public_url(), None);
     }
 
     #[test]

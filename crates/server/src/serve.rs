@@ -41,6 +41,8 @@ pub enum ServeError {
     Bind(SocketAddr, std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("public_url: {0}")]
+    PublicUrl(String),
 }
 
 /// Builds the state from a configuration: creates the data directory, opens the database (running
@@ -56,7 +58,20 @@ pub async fn open_state(config: &Config) -> Result<AppState, ServeError> {
         keyward_authenticator::Config::new(KEYWARD_AAGUID),
     ));
     let relay = crate::relay::RelayHub::new(store.clone(), keyops.clone());
+    let relying_party = match config.effective_public_url() {
+        Some(url) => Some(Arc::new(
+            crate::auth::RelyingParty::from_public_url(&url).map_err(ServeError::PublicUrl)?,
+        )),
+        None => {
+            tracing::warn!(
+                "no public_url is set for this non-loopback address: admin passkeys are off and \
+                 no set-up link can be printed. Set public_url (KEYWARD_PUBLIC_URL)."
+            );
+            None
+        }
+    };
     Ok(AppState {
+        relying_party,
         store,
         vault,
         metrics: Arc::new(Metrics::default()),

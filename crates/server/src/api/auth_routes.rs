@@ -56,7 +56,7 @@ pub struct TokenResponse {
 
 /// The client's IP address, when the server runs with connection info (router tests without it
 /// share one bucket). X-Forwarded-For is not trusted: nothing says a proxy is in front.
-pub struct ClientIp(String);
+pub struct ClientIp(pub String);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
@@ -80,7 +80,11 @@ pub async fn login(
     Json(req): Json<LoginRequest>,
 ) -> ApiResult<Response> {
     s.login_limiter
-        .check(&format!("login|{ip}|{}", req.email.to_lowercase()))?;
+        .check(
+            &s.store,
+            &format!("login|{ip}|{}", req.email.to_lowercase()),
+        )
+        .await?;
     let org_id = match &req.org {
         Some(name) => match s.store.organisation_by_name(name).await? {
             Some(o) => Some(o.id),
@@ -102,17 +106,35 @@ pub async fn login(
         tracing::info!(email = %req.email, "admin login failed");
         return Err(ApiError::Unauthenticated);
     };
+    start_session(&s, admin, "password", json!({})).await
+}
+
+/// Signs an admin in: a session row, its audit entry (`auth.login` with how), the HttpOnly
+/// session cookie and the CSRF token in the answer. Every sign-in path (password, passkey, set-up,
+/// sign-in link) ends here, so sessions are alike whichever way they began.
+pub(crate) async fn start_session(
+    s: &AppState,
+    admin: keyward_store::AdminRecord,
+    method: &str,
+    mut detail: serde_json::Value,
+) -> ApiResult<Response> {
+    if admin.disabled {
+        return Err(ApiError::Unauthenticated);
+    }
     let role = Role::parse(&admin.role).ok_or_else(|| ApiError::Internal("unknown role".into()))?;
     let session = auth::new_secret("kws_");
     let csrf = auth::new_secret("kwc_");
     let expires = chrono::Utc::now() + chrono::Duration::hours(s.session_hours);
+    if let Some(map) = detail.as_object_mut() {
+        map.insert("method".into(), json!(method));
+    }
     let mut tx = s.store.begin().await?;
     tx.append_audit(
         admin.org_id,
         &format!("admin:{}", admin.email),
         "auth.login",
         &format!("admin:{}", admin.id),
-        json!({}),
+        detail,
     )
     .await?;
     tx.commit().await?;
@@ -195,7 +217,9 @@ pub async fn create_token(
     p: Principal,
     Json(req): Json<TokenRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<TokenResponse>)> {
-    s.login_limiter.check(&format!("token|{}", p.admin_id))?;
+    s.login_limiter
+        .check(&s.store, &format!("token|{}", p.admin_id))
+        .await?;
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::Unprocessable(

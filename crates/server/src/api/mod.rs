@@ -10,6 +10,8 @@ mod admins;
 mod audit;
 mod auth_routes;
 mod keys;
+mod passkeys;
+mod setup;
 mod users;
 
 use std::sync::Arc;
@@ -55,6 +57,9 @@ pub struct AppState {
     pub ctap: Option<Arc<dyn CtapService>>,
     /// The relay hub for pairing tools; absent in builds and tests without it.
     pub relay: Option<Arc<crate::relay::RelayHub>>,
+    /// The WebAuthn relying party of admin passkeys (from `public_url`); without it the passkey
+    /// routes answer 409.
+    pub relying_party: Option<Arc<crate::auth::RelyingParty>>,
 }
 
 /// What a route requires of its caller.
@@ -143,6 +148,57 @@ pub fn routes() -> Vec<RouteSpec> {
             post(auth_routes::logout),
         ),
         route(Method::GET, "/auth/me", Authenticated, get(auth_routes::me)),
+        route(
+            Method::POST,
+            "/auth/passkey/begin",
+            Public,
+            post(passkeys::sign_in_begin),
+        ),
+        route(
+            Method::POST,
+            "/auth/passkey/finish",
+            Public,
+            post(passkeys::sign_in_finish),
+        ),
+        route(
+            Method::POST,
+            "/auth/link",
+            Public,
+            post(setup::sign_in_with_link),
+        ),
+        route(Method::GET, "/setup", Public, get(setup::status)),
+        route(Method::POST, "/setup", Public, post(setup::setup)),
+        // Every role manages its own passkeys: it is their own account, not the organisation's.
+        route(
+            Method::GET,
+            "/account/passkeys",
+            Authenticated,
+            get(passkeys::list),
+        ),
+        route(
+            Method::POST,
+            "/account/passkeys",
+            Authenticated,
+            post(passkeys::register_finish),
+        ),
+        route(
+            Method::POST,
+            "/account/passkeys/begin",
+            Authenticated,
+            post(passkeys::register_begin),
+        ),
+        route(
+            Method::PATCH,
+            "/account/passkeys/{id}",
+            Authenticated,
+            patch(passkeys::rename),
+        ),
+        route(
+            Method::DELETE,
+            "/account/passkeys/{id}",
+            Authenticated,
+            axum::routing::delete(passkeys::delete),
+        ),
         route(
             Method::POST,
             "/tokens",
@@ -472,6 +528,9 @@ pub(crate) fn decode_cursor(c: &str) -> Result<String, ApiError> {
     info(title = "Keyward API", description = "Manage users, their security keys and the audit log."),
     paths(
         auth_routes::login, auth_routes::logout, auth_routes::me, auth_routes::create_token,
+        passkeys::sign_in_begin, passkeys::sign_in_finish, setup::sign_in_with_link, setup::status,
+        setup::setup, passkeys::list, passkeys::register_finish, passkeys::register_begin,
+        passkeys::rename, passkeys::delete,
         users::list, users::create, users::import_csv, users::get_one, users::update, users::disable,
         users::enable, users::activation,
         crate::relay::api::connect, crate::relay::api::disconnect, crate::relay::api::register_device,

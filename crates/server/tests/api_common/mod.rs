@@ -47,6 +47,10 @@ pub async fn ctx(db: TestDb) -> Ctx {
             keyops.clone(),
         )),
         ctap: Some(keyops),
+        relying_party: Some(Arc::new(
+            keyward_server::auth::RelyingParty::from_public_url("http://localhost:8080")
+                .expect("relying party"),
+        )),
     };
     let app = keyward_server::serve::app(state.clone());
     Ctx {

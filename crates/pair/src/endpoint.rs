@@ -203,10 +203,12 @@ impl<H: LocalHid> Endpoint<H> {
         }
         p.status = KEEPALIVE_PROCESSING;
         p.started_ms = now_ms;
+        let key_id = self.attached.as_ref().map(|a| a.key_id.clone());
         vec![Action::Relay(ClientMessage::Ctap {
             id: p.id,
             payload,
             user_present: true,
+            key_id,
         })]
     }
 
@@ -328,6 +330,9 @@ impl<H: LocalHid> Endpoint<H> {
             id,
             payload,
             user_present,
+            // Binds the request to the key the tool shows: the server refuses it if another key
+            // is attached by the time it arrives.
+            key_id: self.attached.as_ref().map(|a| a.key_id.clone()),
         })]
     }
 

@@ -78,6 +78,7 @@ fn sent_ctap(actions: &[Action]) -> (u64, Vec<u8>, bool) {
             id,
             payload,
             user_present,
+            ..
         }) = a
         {
             return (*id, payload.clone(), *user_present);

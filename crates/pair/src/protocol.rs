@@ -93,6 +93,10 @@ pub enum ClientMessage {
         payload: Vec<u8>,
         #[serde(default)]
         user_present: bool,
+        /// The key the tool believes it shows (from `attach`); the server refuses the request if
+        /// another key is attached. Optional for tools that predate it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_id: Option<String>,
     },
     Cancel {
         id: u64,
@@ -270,6 +274,7 @@ mod tests {
             id: 7,
             payload: vec![0x04, 0xff, 0xfe],
             user_present: true,
+            key_id: None,
         };
         let json = serde_json::to_string(&m).expect("serialise");
         assert_eq!(

@@ -41,6 +41,7 @@ async fn login_connects_authenticates_and_relays_a_request() {
         id: 1,
         payload: vec![0x04],
         user_present: false,
+        key_id: Some("k1".into()),
     });
     assert_eq!(
         next_event(&mut events).await,
@@ -150,6 +151,7 @@ async fn reconnects_with_backoff_after_the_server_drops_connections() {
         id: 9,
         payload: vec![0x01],
         user_present: true,
+        key_id: None,
     });
     next_event(&mut events).await; // keepalive
     assert_eq!(

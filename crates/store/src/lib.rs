@@ -40,7 +40,9 @@ pub use audit::{AuditEntry, AuditFilter, AuditVerifyError, AuditVerifyReport};
 pub use directories::{DirectoryRecord, ExternalUser, ImportCounts, NewDirectory};
 pub use jobs::{ItemFinish, JobItemRecord, JobRecord, RpRegistration, item_state, job_state};
 pub use keys::{CredentialRecord, CredentialSummary, KeyTx, NewSecurityKey, SecurityKeyRecord};
-pub use pairing::{DelegatedSessionRecord, DeviceOwner, NewDelegatedSession, PairDeviceRecord};
+pub use pairing::{
+    DelegatedSessionRecord, DeviceOwner, NewDelegatedSession, PairDeviceRecord, RelayListener,
+};
 pub use users::{ActivationCodeRecord, NewUser, UserFilter, UserPatch, UserRecord};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");

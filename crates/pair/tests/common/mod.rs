@@ -215,7 +215,7 @@ async fn relay_conn(app: App, mut ws: WebSocket) {
             p = push_rx.recv() => if let Ok(p) = p { send(&mut ws, &p).await; },
             m = recv(&mut ws) => match m {
                 // The fake "key" echoes the command byte behind a success status.
-                Some(ClientMessage::Ctap { id, payload, user_present }) => {
+                Some(ClientMessage::Ctap { id, payload, user_present, .. }) => {
                     let slow = {
                         let mut f = app.fake.lock().expect("lock");
                         f.seen.push((payload.clone(), user_present));

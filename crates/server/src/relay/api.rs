@@ -180,16 +180,37 @@ pub async fn connect(
     p: Principal,
     IdPath(user_id): IdPath,
 ) -> ApiResult<(StatusCode, axum::Json<ConnectSession>)> {
-    let hub = hub_of(&s)?;
-    let user = s
-        .store
-        .user(p.org_id, user_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let session = start_delegated_session(&s, &p, user_id).await?;
+    Ok((StatusCode::CREATED, axum::Json(session)))
+}
+
+/// Starts a delegated session of admin `p` on `user_id`'s key and shows the key on the admin's
+/// online pairing tool, on whichever replica it is connected. Shared by `POST /users/{id}/connect`
+/// and manual provisioning. A user of another organisation is a 404, audited in the caller's
+/// organisation; a tool that is not online is a 409 naming `keyward-pair`.
+pub async fn start_delegated_session(
+    s: &AppState,
+    p: &Principal,
+    user_id: Uuid,
+) -> Result<ConnectSession, ApiError> {
+    let hub = &hub_of(s)?;
+    let Some(user) = hub.store.user(p.org_id, user_id).await? else {
+        let mut tx = hub.store.begin().await?;
+        tx.append_audit(
+            p.org_id,
+            &p.actor(),
+            "relay.connect_refused",
+            &format!("user:{user_id}"),
+            json!({"reason": "no such user in this organisation"}),
+        )
+        .await?;
+        tx.commit().await?;
+        return Err(ApiError::NotFound);
+    };
     if user.status == "disabled" {
         return Err(ApiError::Conflict("the user is disabled".into()));
     }
-    let key = s
+    let key = hub
         .store
         .key_for_user(p.org_id, user_id)
         .await?
@@ -199,11 +220,8 @@ pub async fn connect(
     }
     let device_id = hub
         .online_device_of_admin(p.org_id, p.admin_id)
-        .ok_or_else(|| {
-            ApiError::Conflict(
-                "your keyward-pair is not connected: run `keyward-pair run` first".into(),
-            )
-        })?;
+        .await?
+        .ok_or_else(|| ApiError::Conflict(NOT_ONLINE.into()))?;
     let ttl = chrono::Duration::from_std(hub.delegated_ttl)
         .unwrap_or_else(|_| chrono::Duration::minutes(15));
     let expires_at = keyward_store::now() + ttl;
@@ -215,7 +233,7 @@ pub async fn connect(
         device_id,
         expires_at,
     };
-    let mut tx = s.store.begin().await?;
+    let mut tx = hub.store.begin().await?;
     let (session, replaced) = tx.insert_delegated_session(&new).await?;
     tx.append_audit(
         p.org_id,
@@ -228,7 +246,8 @@ pub async fn connect(
     .await?;
     tx.commit().await?;
     for r in &replaced {
-        hub.detach(r.device_id, r.id, "replaced by a new session");
+        hub.detach(r.device_id, r.id, "replaced by a new session")
+            .await?;
     }
     let attached = Attached {
         session_id: session.id,
@@ -238,17 +257,25 @@ pub async fn connect(
         registration_only: true,
         expires_at: Some(expires_at),
     };
-    hub.attach(device_id, attached, SessionMode::Delegated)
-        .await;
-    hub.schedule_expiry(p.org_id, device_id, session.id, expires_at);
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(ConnectSession {
-            session_id: session.id,
-            expires_at,
-        }),
-    ))
+    if !hub
+        .attach(device_id, attached, SessionMode::Delegated)
+        .await?
+    {
+        // The tool went away between the presence check and now: end the session at once.
+        let mut tx = hub.store.begin().await?;
+        tx.end_delegated_session(p.org_id, session.id, "tool offline")
+            .await?;
+        tx.commit().await?;
+        return Err(ApiError::Conflict(NOT_ONLINE.into()));
+    }
+    Ok(ConnectSession {
+        session_id: session.id,
+        expires_at,
+    })
 }
+
+/// Why a connection cannot start: the admin's tool is not connected to any replica.
+pub const NOT_ONLINE: &str = "your keyward-pair is not connected: run `keyward-pair run` first";
 
 /// Ends the delegated sessions on a user's key; the key disappears from the tool at once.
 #[utoipa::path(delete, path = "/api/v1/users/{id}/connect", params(("id" = Uuid, Path)),
@@ -279,7 +306,7 @@ pub async fn disconnect(
     }
     tx.commit().await?;
     for r in &ended {
-        hub.detach(r.device_id, r.id, "disconnected");
+        hub.detach(r.device_id, r.id, "disconnected").await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -307,7 +334,7 @@ pub async fn list_devices(
     p: Principal,
 ) -> ApiResult<axum::Json<DeviceList>> {
     let hub = hub_of(&s)?;
-    let online = hub.online_device_of_admin(p.org_id, p.admin_id);
+    let online = hub.online_device_of_admin(p.org_id, p.admin_id).await?;
     let items = s
         .store
         .pair_devices_of_admin(p.org_id, p.admin_id)
@@ -361,7 +388,8 @@ pub async fn revoke(
         device_id,
         ErrorCode::Revoked,
         "this device was revoked by an admin",
-    );
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -378,7 +406,7 @@ pub async fn end_admin_sessions(
         .await?;
     tx.commit().await?;
     for r in &ended {
-        hub.detach(r.device_id, r.id, reason);
+        hub.detach(r.device_id, r.id, reason).await?;
     }
     Ok(())
 }
@@ -403,7 +431,8 @@ pub async fn revoke_device(
     }
     tx.commit().await?;
     if reason != "device logged out" {
-        hub.disconnect_device(device_id, ErrorCode::Revoked, reason);
+        hub.disconnect_device(device_id, ErrorCode::Revoked, reason)
+            .await?;
     }
     Ok(())
 }

@@ -8,11 +8,18 @@
 //! two tools showing the same key cannot interleave PIN or assertion state. A new attach is the
 //! key's power cycle.
 //!
+//! Replicas: on PostgreSQL several `keyward serve` processes share the work (see [`cluster`]). A
+//! tool's connection lives on one replica; presence rows (replica id + heartbeat lease) tell every
+//! replica whether an admin's tool is online, and attach/detach/disconnect travel as PostgreSQL
+//! notifications carrying ids only. On SQLite one process holds every connection and the same
+//! calls act in memory.
+//!
 //! Policy: a delegated session runs with `Policy { registration_only: true }` (the engine refuses
 //! assertions and destructive commands; key-ops records credentials as `via: delegated`,
 //! `created_by: <admin>`); a user's own tool runs with the default policy.
 
 pub mod api;
+pub mod cluster;
 pub mod protocol;
 
 use std::collections::HashMap;
@@ -28,7 +35,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::{any, post};
 use chrono::{DateTime, Utc};
-use keyward_store::{DeviceOwner, PairDeviceRecord, Store};
+use keyward_store::{Backend, DeviceOwner, PairDeviceRecord, Store, StoreError};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -98,6 +105,8 @@ struct Conn {
     conn_id: u64,
     org_id: Uuid,
     owner: DeviceOwner,
+    /// How the audit log names the device's owner, e.g. `admin:<email>`.
+    actor: String,
     tx: mpsc::UnboundedSender<Outbound>,
     attached: Option<Attached>,
 }
@@ -115,17 +124,44 @@ pub struct RelayHub {
     conns: Mutex<HashMap<Uuid, Conn>>,
     next_conn: std::sync::atomic::AtomicU64,
     pub delegated_ttl: Duration,
+    /// This process, as named in presence rows and notifications.
+    replica_id: Uuid,
+    /// Several replicas may share the database (PostgreSQL): presence and notifications are used.
+    cluster: bool,
+    /// Set once this replica listens for other replicas' notifications.
+    listening: tokio::sync::watch::Sender<bool>,
 }
 
 impl RelayHub {
+    /// A hub for `store`. On PostgreSQL it joins the replicas (heartbeat, presence, `LISTEN`);
+    /// call it inside a Tokio runtime.
     pub fn new(store: Store, keys: Arc<dyn RelayKeys>) -> Arc<Self> {
-        Arc::new(Self {
+        let cluster = store.backend() == Backend::Postgres;
+        let hub = Arc::new(Self {
             store,
             keys,
             conns: Mutex::new(HashMap::new()),
             next_conn: std::sync::atomic::AtomicU64::new(1),
             delegated_ttl: DEFAULT_DELEGATED_TTL,
-        })
+            replica_id: Uuid::now_v7(),
+            cluster,
+            listening: tokio::sync::watch::Sender::new(!cluster),
+        });
+        if cluster {
+            cluster::start(&hub);
+        }
+        hub
+    }
+
+    /// This process's replica id.
+    pub fn replica_id(&self) -> Uuid {
+        self.replica_id
+    }
+
+    /// Waits until this hub receives other replicas' notifications (at once on SQLite).
+    pub async fn ready(&self) {
+        let mut rx = self.listening.subscribe();
+        let _ = rx.wait_for(|listening| *listening).await;
     }
 
     fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Conn>> {
@@ -133,8 +169,8 @@ impl RelayHub {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The device id of an admin's tool that is connected right now (the newest if several).
-    pub fn online_device_of_admin(&self, org_id: Uuid, admin_id: Uuid) -> Option<Uuid> {
+    /// The device id of an admin's tool connected to this replica (the newest if several).
+    fn local_device_of_admin(&self, org_id: Uuid, admin_id: Uuid) -> Option<Uuid> {
         self.conns()
             .iter()
             .filter(|(_, c)| c.org_id == org_id && c.owner == DeviceOwner::Admin(admin_id))
@@ -142,14 +178,67 @@ impl RelayHub {
             .map(|(id, _)| *id)
     }
 
+    /// The device id of an admin's tool that is connected right now, to this replica or (on
+    /// PostgreSQL) to another one whose heartbeat is within its lease.
+    pub async fn online_device_of_admin(
+        &self,
+        org_id: Uuid,
+        admin_id: Uuid,
+    ) -> Result<Option<Uuid>, StoreError> {
+        if let Some(d) = self.local_device_of_admin(org_id, admin_id) {
+            return Ok(Some(d));
+        }
+        if !self.cluster {
+            return Ok(None);
+        }
+        let fresh_after = keyward_store::now()
+            - chrono::Duration::from_std(cluster::PRESENCE_LEASE).unwrap_or_default();
+        self.store
+            .relay_online_admin_device(org_id, admin_id, fresh_after)
+            .await
+    }
+
+    fn is_local(&self, device_id: Uuid) -> bool {
+        self.conns().contains_key(&device_id)
+    }
+
     /// Number of tools connected (for metrics and tests).
     pub fn connected(&self) -> usize {
         self.conns().len()
     }
 
-    /// Shows `attached` on a device's tool (a power cycle of that key). `false` if the tool is
-    /// not connected.
-    pub async fn attach(&self, device_id: Uuid, attached: Attached, mode: SessionMode) -> bool {
+    /// Shows a delegated session's key on a device's tool, wherever the tool is connected: here,
+    /// or through a notification to the replica holding it (which re-reads the session from the
+    /// database). `false` if the tool is connected nowhere.
+    pub async fn attach(
+        self: &Arc<Self>,
+        device_id: Uuid,
+        attached: Attached,
+        mode: SessionMode,
+    ) -> Result<bool, StoreError> {
+        if self.is_local(device_id) {
+            return Ok(self.attach_local(device_id, attached, mode).await);
+        }
+        if !self.cluster {
+            return Ok(false);
+        }
+        self.notify(&cluster::Notice::Attach {
+            device_id,
+            org_id: attached.org_id,
+            session_id: attached.session_id,
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// Shows `attached` on a tool connected to this replica (a power cycle of that key), and
+    /// schedules the end of a session that expires. `false` if the tool is not connected here.
+    async fn attach_local(
+        self: &Arc<Self>,
+        device_id: Uuid,
+        attached: Attached,
+        mode: SessionMode,
+    ) -> bool {
         let msg = ServerMessage::Attach {
             key_id: attached.key_id.to_string(),
             session_id: attached.session_id.to_string(),
@@ -157,20 +246,49 @@ impl RelayHub {
             expires_at: attached.expires_at.map(|t| t.to_rfc3339()),
         };
         let key_id = attached.key_id;
+        let (org_id, session_id, expires_at) =
+            (attached.org_id, attached.session_id, attached.expires_at);
         {
             let mut conns = self.conns();
             let Some(c) = conns.get_mut(&device_id) else {
                 return false;
             };
+            if c.org_id != attached.org_id {
+                // Never reached through the API (sessions are created and read per organisation);
+                // refused here too so that no path can show one organisation's key to another's tool.
+                tracing::warn!(%device_id, %key_id, "refused to attach a key of another organisation");
+                return false;
+            }
             c.attached = Some(attached);
             let _ = c.tx.send(Outbound::Send(msg));
         }
         self.keys.power_cycle(key_id).await;
+        if let Some(at) = expires_at {
+            self.schedule_expiry(org_id, device_id, session_id, at);
+        }
         true
     }
 
-    /// Removes a session's key from whichever tool shows it.
-    pub fn detach(&self, device_id: Uuid, session_id: Uuid, reason: &str) {
+    /// Removes a session's key from the tool showing it, on whichever replica.
+    pub async fn detach(
+        &self,
+        device_id: Uuid,
+        session_id: Uuid,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        if self.detach_local(device_id, session_id, reason) || !self.cluster {
+            return Ok(());
+        }
+        self.notify(&cluster::Notice::Detach {
+            device_id,
+            session_id,
+            reason: reason.to_owned(),
+        })
+        .await
+    }
+
+    /// Removes a session's key from a tool connected here; `false` if the tool is not here.
+    fn detach_local(&self, device_id: Uuid, session_id: Uuid, reason: &str) -> bool {
         let mut conns = self.conns();
         if let Some(c) = conns.get_mut(&device_id)
             && c.attached
@@ -183,16 +301,81 @@ impl RelayHub {
                 reason: reason.to_owned(),
             }));
         }
+        conns.contains_key(&device_id)
     }
 
-    /// Closes a device's connection (revocation, logout).
-    pub fn disconnect_device(&self, device_id: Uuid, code: ErrorCode, message: &str) {
-        if let Some(c) = self.conns().remove(&device_id) {
-            let _ = c.tx.send(Outbound::Close(ServerMessage::Error {
-                code,
-                message: message.to_owned(),
-            }));
+    /// Closes a device's connection (revocation, logout), on whichever replica holds it.
+    pub async fn disconnect_device(
+        &self,
+        device_id: Uuid,
+        code: ErrorCode,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        if self.disconnect_local(device_id, code, message) || !self.cluster {
+            return Ok(());
         }
+        self.notify(&cluster::Notice::Disconnect {
+            device_id,
+            code,
+            reason: message.to_owned(),
+        })
+        .await
+    }
+
+    fn disconnect_local(&self, device_id: Uuid, code: ErrorCode, message: &str) -> bool {
+        let Some(c) = self.conns().remove(&device_id) else {
+            return false;
+        };
+        let _ = c.tx.send(Outbound::Close(ServerMessage::Error {
+            code,
+            message: message.to_owned(),
+        }));
+        true
+    }
+
+    /// A key stopped being usable (suspended or revoked): its delegated sessions end and every
+    /// tool showing it, on every replica, loses it.
+    pub async fn key_unavailable(
+        &self,
+        org_id: Uuid,
+        key_id: Uuid,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        tx.end_delegated_sessions_of_key(org_id, key_id, reason)
+            .await?;
+        tx.commit().await?;
+        self.key_unavailable_local(org_id, key_id, reason);
+        if self.cluster {
+            self.notify(&cluster::Notice::KeyGone {
+                org_id,
+                key_id,
+                reason: reason.to_owned(),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn key_unavailable_local(&self, org_id: Uuid, key_id: Uuid, reason: &str) {
+        let mut conns = self.conns();
+        for c in conns.values_mut() {
+            let Some(a) = c.attached.as_ref() else {
+                continue;
+            };
+            if a.org_id == org_id && a.key_id == key_id {
+                let session_id = a.session_id;
+                c.attached = None;
+                let _ = c.tx.send(Outbound::Send(ServerMessage::Detach {
+                    session_id: session_id.to_string(),
+                    reason: reason.to_owned(),
+                }));
+            }
+        }
+    }
+
+    async fn notify(&self, notice: &cluster::Notice) -> Result<(), StoreError> {
+        cluster::notify(&self.store, self.replica_id, notice).await
     }
 
     /// Ends a delegated session when it expires, unless it ended before.
@@ -207,7 +390,7 @@ impl RelayHub {
         tokio::spawn(async move {
             let wait = (at - Utc::now()).to_std().unwrap_or_default();
             tokio::time::sleep(wait).await;
-            hub.detach(device_id, session_id, "expired");
+            hub.detach_local(device_id, session_id, "expired");
             if let Ok(mut tx) = hub.store.begin().await
                 && let Ok(ended) = tx
                     .end_delegated_session(org_id, session_id, "expired")
@@ -403,14 +586,6 @@ async fn serve_connection(hub: Arc<RelayHub>, mut ws: WebSocket) -> Result<(), S
         }
     };
     let _ = hub.store.touch_pair_device(device.id).await;
-    send(
-        &mut ws,
-        &ServerMessage::Welcome {
-            device_id: device.id.to_string(),
-            principal,
-        },
-    )
-    .await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let conn_id = hub
@@ -423,6 +598,7 @@ async fn serve_connection(hub: Arc<RelayHub>, mut ws: WebSocket) -> Result<(), S
             conn_id,
             org_id: device.org_id,
             owner,
+            actor: actor.clone(),
             tx,
             attached: None,
         },
@@ -430,18 +606,45 @@ async fn serve_connection(hub: Arc<RelayHub>, mut ws: WebSocket) -> Result<(), S
     if let Some(old) = replaced {
         let _ = old.tx.send(Outbound::Close(ServerMessage::Error {
             code: ErrorCode::Protocol,
-            message: "this device connected again elsewhere".into(),
+            message: SUPERSEDED.into(),
         }));
     }
-    attach_on_connect(&hub, &device, &actor).await;
-
-    let result = connection_loop(&hub, &device, &mut ws, &mut rx).await;
-    let mut conns = hub.conns();
-    if conns.get(&device.id).is_some_and(|c| c.conn_id == conn_id) {
-        conns.remove(&device.id);
+    if hub.cluster {
+        // Presence for the other replicas, and an older connection of this device on another
+        // replica (a half-open TCP connection, say) is closed there.
+        if let Err(e) = cluster::claim(&hub, &device).await {
+            tracing::warn!(error = %e, device_id = %device.id, "relay presence not recorded");
+        }
+    }
+    // Welcome only once the tool is reachable from every replica: a connect pressed as soon as
+    // the tool says "connected" finds it online.
+    let welcome = ServerMessage::Welcome {
+        device_id: device.id.to_string(),
+        principal,
+    };
+    let result = match send(&mut ws, &welcome).await {
+        Ok(()) => {
+            attach_on_connect(&hub, &device, &actor).await;
+            connection_loop(&hub, &device, &mut ws, &mut rx).await
+        }
+        Err(e) => Err(e),
+    };
+    let gone = {
+        let mut conns = hub.conns();
+        let ours = conns.get(&device.id).is_some_and(|c| c.conn_id == conn_id);
+        if ours {
+            conns.remove(&device.id);
+        }
+        ours || !conns.contains_key(&device.id)
+    };
+    if hub.cluster && gone {
+        let _ = hub.store.relay_release(device.id, hub.replica_id).await;
     }
     result
 }
+
+/// Why a connection closes when its device connects again (here or on another replica).
+const SUPERSEDED: &str = "this device connected again elsewhere";
 
 /// A user's tool shows the user's key; an admin's tool shows the key of its live delegated
 /// session, if any (the tool reconnected during a session).
@@ -459,31 +662,43 @@ async fn attach_on_connect(hub: &Arc<RelayHub>, device: &PairDeviceRecord, actor
                     registration_only: false,
                     expires_at: None,
                 };
-                hub.attach(device.id, a, SessionMode::User).await;
+                hub.attach_local(device.id, a, SessionMode::User).await;
             }
         }
         Some(DeviceOwner::Admin(_)) => {
-            let now = Utc::now();
-            let open = hub
-                .store
-                .open_delegated_sessions_of_device(device.id)
-                .await
-                .unwrap_or_default();
-            if let Some(s) = open.into_iter().find(|s| s.is_live(now)) {
-                let a = Attached {
-                    session_id: s.id,
-                    key_id: s.key_id,
-                    org_id: s.org_id,
-                    actor: actor.to_owned(),
-                    registration_only: true,
-                    expires_at: Some(s.expires_at),
-                };
-                hub.attach(device.id, a, SessionMode::Delegated).await;
-                hub.schedule_expiry(s.org_id, device.id, s.id, s.expires_at);
+            if let Some(a) = live_delegated(hub, device, actor).await {
+                hub.attach_local(device.id, a, SessionMode::Delegated).await;
             }
         }
         None => {}
     }
+}
+
+/// The delegated session an admin's device should show now, read from the database: open, not
+/// expired, in the device's organisation, on a key that is still active.
+async fn live_delegated(
+    hub: &RelayHub,
+    device: &PairDeviceRecord,
+    actor: &str,
+) -> Option<Attached> {
+    let now = Utc::now();
+    let open = hub
+        .store
+        .open_delegated_sessions_of_device(device.id)
+        .await
+        .ok()?;
+    let s = open
+        .into_iter()
+        .find(|s| s.is_live(now) && s.org_id == device.org_id)?;
+    let key = hub.store.key_by_id(s.org_id, s.key_id).await.ok()??;
+    (key.status == "active").then(|| Attached {
+        session_id: s.id,
+        key_id: s.key_id,
+        org_id: s.org_id,
+        actor: actor.to_owned(),
+        registration_only: true,
+        expires_at: Some(s.expires_at),
+    })
 }
 
 async fn connection_loop(
@@ -516,7 +731,9 @@ async fn connection_loop(
                     Some(Ok(_)) => continue,
                 };
                 match msg {
-                    ClientMessage::Ctap { id, payload, .. } => run_ctap(hub, device.id, id, payload),
+                    ClientMessage::Ctap { id, payload, key_id, .. } => {
+                        run_ctap(hub, device, id, payload, key_id);
+                    }
                     // Key operations are atomic and short; a cancelled one simply completes and its
                     // answer is ignored by the tool, which already answered the host.
                     ClientMessage::Cancel { .. } => {}
@@ -537,12 +754,37 @@ async fn connection_loop(
 /// Runs one relayed request in its own task so the connection keeps delivering detach and
 /// keepalive messages meanwhile. The answer is dropped if the key was detached in between: the
 /// tool has already failed that request, and a new session must not see an old session's result.
-fn run_ctap(hub: &Arc<RelayHub>, device_id: Uuid, id: u64, payload: Vec<u8>) {
+///
+/// A request that names a key (`key_id`) other than the one attached is refused; naming a key of
+/// another organisation is also audited, in both organisations.
+fn run_ctap(
+    hub: &Arc<RelayHub>,
+    device: &PairDeviceRecord,
+    id: u64,
+    payload: Vec<u8>,
+    named_key: Option<String>,
+) {
+    let device_id = device.id;
+    let device_org = device.org_id;
     let attached = hub.conns().get(&device_id).and_then(|c| c.attached.clone());
     let hub = Arc::clone(hub);
     tokio::spawn(async move {
+        let mismatch = named_key
+            .as_deref()
+            .is_some_and(|k| attached.as_ref().is_none_or(|a| a.key_id.to_string() != k));
+        if mismatch {
+            refuse_named_key(
+                &hub,
+                device_org,
+                device_id,
+                named_key.as_deref().unwrap_or(""),
+            )
+            .await;
+        }
         let answer = match &attached {
+            _ if mismatch => vec![CTAP2_ERR_NOT_ALLOWED],
             None => vec![CTAP2_ERR_NOT_ALLOWED],
+            Some(a) if a.org_id != device_org => vec![CTAP2_ERR_NOT_ALLOWED],
             Some(a) if a.expires_at.is_some_and(|t| Utc::now() >= t) => vec![CTAP2_ERR_NOT_ALLOWED],
             Some(a) => match hub
                 .keys
@@ -573,4 +815,49 @@ fn run_ctap(hub: &Arc<RelayHub>, device_id: Uuid, id: u64, payload: Vec<u8>) {
             }));
         }
     });
+}
+
+/// Audits a relayed request naming a key of another organisation (a key of the tool's own
+/// organisation that is not attached is a stale request after a detach: refused, not audited).
+async fn refuse_named_key(hub: &RelayHub, device_org: Uuid, device_id: Uuid, named: &str) {
+    let Ok(key_id) = Uuid::parse_str(named) else {
+        return;
+    };
+    let Ok(Some(key_org)) = hub.store.key_org(key_id).await else {
+        return;
+    };
+    if key_org == device_org {
+        return;
+    }
+    tracing::warn!(%device_id, %key_id, "refused a relayed request for a key of another organisation");
+    let detail = serde_json::json!({
+        "device_id": device_id,
+        "key_id": key_id,
+        "reason": "the key belongs to another organisation",
+    });
+    if let Ok(mut tx) = hub.store.begin().await {
+        let mut ok = tx
+            .append_audit(
+                device_org,
+                "system",
+                "relay.cross_org_refused",
+                &format!("device:{device_id}"),
+                detail.clone(),
+            )
+            .await
+            .is_ok();
+        ok &= tx
+            .append_audit(
+                key_org,
+                "system",
+                "relay.cross_org_refused",
+                &format!("key:{key_id}"),
+                detail,
+            )
+            .await
+            .is_ok();
+        if ok {
+            let _ = tx.commit().await;
+        }
+    }
 }

@@ -52,6 +52,10 @@ pub enum ClientMessage {
         payload: Vec<u8>,
         #[serde(default)]
         user_present: bool,
+        /// The key the tool believes it shows (from `attach`); the server refuses the request if
+        /// another key is attached. Optional for tools that predate it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_id: Option<String>,
     },
     Cancel {
         id: u64,

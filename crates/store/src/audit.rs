@@ -172,6 +172,74 @@ pub(crate) async fn append(
     })
 }
 
+/// Audit chain heads advanced inside a batch transaction of key operations but not yet written
+/// back to `audit_heads`. Valid only while that transaction holds SQLite's write lock (nobody else
+/// can append in between); written back by [`flush_heads`] before every commit.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeadCache {
+    heads: std::collections::HashMap<Uuid, (i64, Vec<u8>)>,
+}
+
+/// Appends an entry like [`append`], but reads the organisation's head once per transaction and
+/// keeps it in `cache` instead of rewriting the head row for every entry: one statement per entry.
+// The arguments are the entry's fields plus the transaction and its cache.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn append_cached(
+    inner: &mut TxInner,
+    cache: &mut HeadCache,
+    org_id: Uuid,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: Value,
+) -> Result<i64, StoreError> {
+    let at = now();
+    let detail_text = canonical_json(&detail);
+    on_tx!(inner, c => {
+        let (prev_seq, prev_hash) = match cache.heads.get(&org_id) {
+            Some(h) => h.clone(),
+            None => {
+                let head: Option<(i64, Vec<u8>)> =
+                    sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE org_id = $1")
+                        .bind(org_id).fetch_optional(&mut *c).await?;
+                match head {
+                    Some(h) => h,
+                    None => {
+                        sqlx::query("INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 0, $2)")
+                            .bind(org_id).bind(vec![0u8; 32]).execute(&mut *c).await?;
+                        (0, vec![0u8; 32])
+                    }
+                }
+            }
+        };
+        let seq = prev_seq + 1;
+        let hash = entry_hash(&prev_hash, seq, org_id, at, actor, action, target, &detail);
+        sqlx::query(
+            "INSERT INTO audit_log (org_id, seq, at, actor, action, target, detail, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(org_id).bind(seq).bind(at).bind(actor).bind(action).bind(target).bind(&detail_text)
+        .bind(&prev_hash).bind(&hash)
+        .execute(&mut *c).await?;
+        cache.heads.insert(org_id, (seq, hash));
+        Ok(seq)
+    })
+}
+
+/// Writes the cached heads back to `audit_heads` and empties the cache.
+pub(crate) async fn flush_heads(
+    inner: &mut TxInner,
+    cache: &mut HeadCache,
+) -> Result<(), StoreError> {
+    for (org_id, (seq, hash)) in cache.heads.drain() {
+        on_tx!(&mut *inner, c => {
+            sqlx::query("UPDATE audit_heads SET seq = $1, hash = $2 WHERE org_id = $3")
+                .bind(seq).bind(&hash).bind(org_id).execute(&mut *c).await?;
+        });
+    }
+    Ok(())
+}
+
 impl Tx {
     /// Appends an audit entry in this transaction: the admin write and its record commit together.
     pub async fn append_audit(

@@ -237,6 +237,32 @@ impl Store {
             org_id,
             key_id,
             inner,
+            batch: None,
+        })
+    }
+
+    /// Starts one transaction for a *batch* of key operations (group commit on SQLite): the
+    /// caller runs operations one after another with [`KeyTx::begin_op`] / [`KeyTx::end_op`], each
+    /// inside its own savepoint so a failed operation rolls back only its own writes, and commits
+    /// them all with one [`KeyTx::commit`] (one WAL fsync for the whole batch). On SQLite the
+    /// `BEGIN IMMEDIATE` write lock covers every key, so the audit chain heads are read once per
+    /// batch and written back once at commit.
+    ///
+    /// Only for SQLite: on PostgreSQL a batch would hold many keys' row locks at once, and two
+    /// replicas batching the same keys in different orders would deadlock.
+    pub async fn begin_key_batch(&self) -> Result<KeyTx, StoreError> {
+        let Db::Sqlite(p) = &self.db else {
+            return Err(StoreError::Invalid(
+                "batched key operations are for SQLite only".into(),
+            ));
+        };
+        let mut inner = TxInner::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?);
+        on_tx!(&mut inner, c => { sqlx::raw_sql(SAVEPOINT).execute(&mut *c).await?; });
+        Ok(KeyTx {
+            org_id: Uuid::nil(),
+            key_id: Uuid::nil(),
+            inner,
+            batch: Some(crate::audit::HeadCache::default()),
         })
     }
 
@@ -371,15 +397,109 @@ impl Tx {
     }
 }
 
+/// The savepoint every operation of a batch runs in. A batch keeps one open between operations:
+/// a kept operation releases it and opens the next at once, a failed one rolls back to it (which
+/// leaves it open at the same point), so each operation boundary costs one round trip.
+const SAVEPOINT: &str = "SAVEPOINT keyop";
+const KEEP_OP: &str = "RELEASE keyop; SAVEPOINT keyop";
+const DROP_OP: &str = "ROLLBACK TO keyop";
+
 /// The transaction of one key operation, holding the key's row lock. Everything written through it,
 /// including its audit entry, commits together in [`KeyTx::commit`]; dropping it rolls back.
+///
+/// A batch transaction ([`Store::begin_key_batch`]) carries several operations, each delimited by
+/// [`KeyTx::begin_op`] and [`KeyTx::end_op`].
 pub struct KeyTx {
     org_id: Uuid,
     key_id: Uuid,
     inner: TxInner,
+    /// For a batch: audit heads advanced in this transaction, and their state when the current
+    /// operation began (restored if it rolls back).
+    batch: Option<crate::audit::HeadCache>,
 }
 
+/// A batch transaction's audit heads as they were before the current operation (nothing for a
+/// single operation's transaction).
+#[derive(Default)]
+pub struct OpMark(Option<crate::audit::HeadCache>);
+
 impl KeyTx {
+    /// Starts the next operation of a batch on key `key_id` of `org_id` and returns its row
+    /// (`NotFound` if the organisation has no such key). Whatever the operation writes until
+    /// [`KeyTx::end_op`] can be rolled back on its own.
+    pub async fn begin_op(
+        &mut self,
+        org_id: Uuid,
+        key_id: Uuid,
+    ) -> Result<SecurityKeyRecord, StoreError> {
+        self.org_id = org_id;
+        self.key_id = key_id;
+        let sql = format!("SELECT {KEY_COLUMNS} FROM security_keys WHERE org_id = $1 AND id = $2");
+        let row: Option<KeyRow> = on_tx!(&mut self.inner, c => {
+            sqlx::query_as(&sql).bind(org_id).bind(key_id).fetch_optional(&mut *c).await?
+        });
+        row.ok_or(StoreError::NotFound)?.try_into()
+    }
+
+    /// What [`KeyTx::end_op`] restores if the operation about to begin is rolled back; take it
+    /// before [`KeyTx::begin_op`].
+    pub fn mark(&self) -> OpMark {
+        OpMark(self.batch.clone())
+    }
+
+    /// Ends the current operation of a batch: `keep` keeps its writes in the batch, otherwise they
+    /// are rolled back (and the audit heads restored to `mark`). An error here leaves the batch
+    /// in an unknown state: the caller must drop it (rolling everything back) and fail every
+    /// operation in it.
+    pub async fn end_op(&mut self, keep: bool, mark: OpMark) -> Result<(), StoreError> {
+        let sql = if keep { KEEP_OP } else { DROP_OP };
+        on_tx!(&mut self.inner, c => { sqlx::raw_sql(sql).execute(&mut *c).await?; });
+        if !keep && let Some(saved) = mark.0 {
+            self.batch = Some(saved);
+        }
+        Ok(())
+    }
+
+    /// Commits everything written so far and goes on in a new transaction holding the same lock
+    /// again (the key row on PostgreSQL, the write lock on SQLite). A spent PIN retry must be
+    /// durable before the PIN is compared. In a batch this commits the earlier operations too,
+    /// and the current operation continues in a fresh savepoint; its later writes can still be
+    /// rolled back alone. Callers must re-read state that another writer may have changed.
+    pub async fn checkpoint(&mut self, mark: &mut OpMark) -> Result<(), StoreError> {
+        if let Some(cache) = self.batch.as_mut() {
+            crate::audit::flush_heads(&mut self.inner, cache).await?;
+            // The heads are re-read after the commit: another writer may append in between.
+            *mark = OpMark(Some(crate::audit::HeadCache::default()));
+        }
+        let (org, key) = (self.org_id, self.key_id);
+        match &mut self.inner {
+            TxInner::Sqlite(t) => {
+                let c: &mut sqlx::SqliteConnection = &mut *t;
+                let again = if self.batch.is_some() {
+                    "COMMIT; BEGIN IMMEDIATE; SAVEPOINT keyop"
+                } else {
+                    "COMMIT; BEGIN IMMEDIATE"
+                };
+                sqlx::raw_sql(again).execute(&mut *c).await?;
+            }
+            TxInner::Postgres(t) => {
+                let c: &mut sqlx::PgConnection = &mut *t;
+                sqlx::raw_sql("COMMIT; BEGIN").execute(&mut *c).await?;
+                let found: Option<(Uuid,)> = sqlx::query_as(
+                    "SELECT id FROM security_keys WHERE org_id = $1 AND id = $2 FOR UPDATE",
+                )
+                .bind(org)
+                .bind(key)
+                .fetch_optional(&mut *c)
+                .await?;
+                if found.is_none() {
+                    return Err(StoreError::NotFound);
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn org_id(&self) -> Uuid {
         self.org_id
     }
@@ -546,12 +666,30 @@ impl KeyTx {
         target: &str,
         detail: serde_json::Value,
     ) -> Result<(), StoreError> {
-        crate::audit::append(&mut self.inner, org_id, actor, action, target, detail)
-            .await
-            .map(|_| ())
+        match self.batch.as_mut() {
+            Some(cache) => {
+                crate::audit::append_cached(
+                    &mut self.inner,
+                    cache,
+                    org_id,
+                    actor,
+                    action,
+                    target,
+                    detail,
+                )
+                .await
+            }
+            None => {
+                crate::audit::append(&mut self.inner, org_id, actor, action, target, detail).await
+            }
+        }
+        .map(|_| ())
     }
 
-    pub async fn commit(self) -> Result<(), StoreError> {
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        if let Some(cache) = self.batch.as_mut() {
+            crate::audit::flush_heads(&mut self.inner, cache).await?;
+        }
         self.inner.commit().await
     }
 }

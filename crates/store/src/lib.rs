@@ -39,7 +39,9 @@ pub use admins::{AdminRecord, ApiTokenRecord, OrganisationRecord, SessionRecord}
 pub use audit::{AuditEntry, AuditFilter, AuditVerifyError, AuditVerifyReport};
 pub use directories::{DirectoryRecord, ExternalUser, ImportCounts, NewDirectory};
 pub use jobs::{ItemFinish, JobItemRecord, JobRecord, RpRegistration, item_state, job_state};
-pub use keys::{CredentialRecord, CredentialSummary, KeyTx, NewSecurityKey, SecurityKeyRecord};
+pub use keys::{
+    CredentialRecord, CredentialSummary, KeyTx, NewSecurityKey, OpMark, SecurityKeyRecord,
+};
 pub use pairing::{
     DelegatedSessionRecord, DeviceOwner, NewDelegatedSession, PairDeviceRecord, RelayListener,
 };
@@ -192,7 +194,13 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(5));
+                .busy_timeout(Duration::from_secs(5))
+                // Each pooled connection has its own page cache, emptied whenever another
+                // connection writes; reading pages through a shared memory map instead keeps
+                // a key operation's few reads from going back to the file system.
+                .pragma("mmap_size", "268435456")
+                .pragma("cache_size", "-16384")
+                .pragma("temp_store", "memory");
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(5))

@@ -1,16 +1,23 @@
 //! Server-side key operations: the one place where the server makes a security key act.
 //!
 //! [`KeyOps::ctap`] runs one CTAP2 message on one key. Per operation:
-//! 1. an in-process async mutex per key orders callers in this replica and guards the key's
-//!    volatile engine state (the "power-cycle" state: PIN tokens, assertion cursors);
-//! 2. [`keyward_store::Store::begin_key`] opens the operation's transaction and locks the key row,
-//!    ordering replicas (PostgreSQL `FOR UPDATE`, SQLite `BEGIN IMMEDIATE`);
-//! 3. the vault unwraps the key's data key; the engine runs on a blocking thread against the
-//!    transaction ([`tx_store::TxStore`]) and the data key ([`host::VaultProtection`]);
+//! 1. an in-process async mutex per key guards the key's volatile engine state (the
+//!    "power-cycle" state: PIN tokens, assertion cursors);
+//! 2. the operation runs inside a transaction that holds the key's lock, ordering replicas
+//!    (PostgreSQL `SELECT … FOR UPDATE`, SQLite `BEGIN IMMEDIATE`);
+//! 3. the vault unwraps the key's data key; the engine runs against the transaction
+//!    ([`tx_store::TxStore`]) and the data key ([`host::VaultProtection`]);
 //! 4. the audit entry is appended in the same transaction and the transaction commits; only then
 //!    is the response released. Any storage or vault failure rolls back and refuses the operation
 //!    (fail closed, design.md invariant 6): a counter is never released without being durable.
+//!
+//! On SQLite, operations go through a group committer ([`batch`]): one thread per `KeyOps` takes
+//! whatever operations are queued, runs them one after another in a single `BEGIN IMMEDIATE`
+//! transaction (each in its own savepoint, so a failed operation rolls back alone) and answers
+//! them only after the one `COMMIT`, so N operations share one WAL fsync. On PostgreSQL each
+//! operation has its own transaction and row lock.
 
+mod batch;
 mod host;
 mod tx_store;
 
@@ -19,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use keyward_authenticator::{Authenticator, Config, Context, Policy};
-use keyward_store::{Backend, NewSecurityKey, SecurityKeyRecord, Store, StoreError};
+use keyward_store::{Backend, KeyTx, NewSecurityKey, OpMark, SecurityKeyRecord, Store, StoreError};
 use keyward_vault::{KeyBinding, Vault, VaultError};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -51,6 +58,10 @@ pub enum KeyOpsError {
     Integrity,
     #[error("key operation failed: {0}")]
     Internal(String),
+    /// The operation was refused because the batch it ran in could not be committed (SQLite
+    /// group commit): nothing of it was released.
+    #[error("key storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl KeyOpsError {
@@ -58,7 +69,7 @@ impl KeyOpsError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             KeyOpsError::Store(e) => e.is_unavailable(),
-            KeyOpsError::Vault(_) | KeyOpsError::Internal(_) => true,
+            KeyOpsError::Vault(_) | KeyOpsError::Internal(_) | KeyOpsError::Unavailable(_) => true,
             _ => false,
         }
     }
@@ -91,13 +102,21 @@ const UNAUDITED_COMMANDS: [u8; 2] = [0x04, 0x0B];
 
 /// Server-side key operations. Cheap to share behind an `Arc`.
 pub struct KeyOps {
+    shared: Arc<Shared>,
+    /// SQLite's group committer, started on first use (it needs the caller's runtime).
+    committer: Option<batch::Committer>,
+}
+
+/// What key operations need, shared with the group committer's thread.
+struct Shared {
     store: Store,
     vault: Arc<Vault>,
     config: Config,
     slots: Mutex<HashMap<Uuid, Slot>>,
     /// SQLite admits one writer at a time and makes the others sleep-and-retry (busy_timeout backs
-    /// off in steps of milliseconds). Queueing writers here instead keeps the database lock
-    /// handed over without sleeps; PostgreSQL locks rows and needs no such queue.
+    /// off in steps of milliseconds). Queueing this process's writers here instead keeps the
+    /// database lock handed over without sleeps; PostgreSQL locks rows and needs no such queue.
+    /// Always taken before a key's slot, never after, so the two locks cannot deadlock.
     sqlite_writer: Option<tokio::sync::Mutex<()>>,
     epoch: Instant,
 }
@@ -105,8 +124,8 @@ pub struct KeyOps {
 impl std::fmt::Debug for KeyOps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyOps")
-            .field("store", &self.store)
-            .field("vault", &self.vault)
+            .field("store", &self.shared.store)
+            .field("vault", &self.shared.vault)
             .finish_non_exhaustive()
     }
 }
@@ -139,40 +158,212 @@ fn via_for(policy: &Policy) -> &'static str {
     }
 }
 
-impl KeyOps {
-    /// `config` is the engine configuration shared by every key (attestation, limits); each key's
-    /// own AAGUID from its row replaces `config.aaguid`.
-    pub fn new(store: Store, vault: Arc<Vault>, config: Config) -> Self {
-        let sqlite_writer =
-            (store.backend() == Backend::Sqlite).then(|| tokio::sync::Mutex::new(()));
-        KeyOps {
-            store,
-            vault,
-            config,
-            slots: Mutex::new(HashMap::new()),
-            sqlite_writer,
-            epoch: Instant::now(),
-        }
-    }
+/// One CTAP request for one key, as the caller gave it.
+struct Op {
+    org_id: Uuid,
+    key_id: Uuid,
+    actor: String,
+    policy: Policy,
+    request: Vec<u8>,
+}
 
-    pub fn vault(&self) -> &Arc<Vault> {
-        &self.vault
-    }
+/// Counters of SQLite's group committer: how many batches committed and how many operations
+/// they answered (failed ones included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    pub batches: u64,
+    pub operations: u64,
+}
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
+impl Shared {
     fn slot(&self, key_id: Uuid) -> Slot {
         // A poisoned map only means another thread panicked while inserting; the map is valid.
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.entry(key_id).or_default().clone()
     }
 
-    /// Waits for this process's turn to write on SQLite (no-op on PostgreSQL). Always taken after
-    /// a key's slot, never before, so the two locks cannot deadlock.
+    /// Runs one operation's engine and audit entry on `tx`, which already holds the key's lock
+    /// and whose key row is `rec`. Synchronous: each database call is driven with
+    /// `handle.block_on`, so this runs on a thread that may block. Hands the transaction back
+    /// whatever happens, for the caller to commit or roll back; on failure it has written
+    /// nothing the caller should keep, and the key's volatile state is dropped (a power cycle),
+    /// since the engine may have acted on writes that will not stand.
+    fn execute(
+        &self,
+        handle: &tokio::runtime::Handle,
+        tx: KeyTx,
+        mark: OpMark,
+        rec: SecurityKeyRecord,
+        op: &Op,
+        volatile: &mut Option<Authenticator>,
+    ) -> (Option<KeyTx>, OpMark, Result<Vec<u8>, KeyOpsError>) {
+        let (org_id, key_id) = (op.org_id, op.key_id);
+        if rec.status != "active" {
+            return (Some(tx), mark, Err(KeyOpsError::KeyNotActive(rec.status)));
+        }
+        let data_key = match self.vault.unwrap(
+            &KeyBinding { org_id, key_id },
+            &rec.wrapped_dek,
+            rec.kek_version,
+        ) {
+            Ok(k) => k,
+            Err(e) => return (Some(tx), mark, Err(e.into())),
+        };
+        let protection = VaultProtection {
+            data_key,
+            org_id,
+            user_id: rec.user_id,
+            key_id,
+        };
+        let mut config = self.config.clone();
+        if let Ok(aaguid) = <[u8; 16]>::try_from(rec.aaguid.as_slice()) {
+            config.aaguid = aaguid;
+        }
+        // The organisation's attestation setting. Read when the key is "plugged in" (no volatile
+        // state) and before each makeCredential; a key whose cached engine attests otherwise is
+        // power-cycled so the new choice applies.
+        if volatile.is_none() || op.request.first() == Some(&0x01) {
+            match handle.block_on(crate::api::settings::attestation_for(
+                &self.store,
+                &self.vault,
+                org_id,
+                &rec.aaguid,
+            )) {
+                Ok(Some(attestation)) => config.attestation = attestation,
+                Ok(None) => {}
+                Err(crate::api::settings::AttestationError::Store(e)) => {
+                    return (Some(tx), mark, Err(KeyOpsError::Store(e)));
+                }
+                Err(crate::api::settings::AttestationError::Vault(e)) => {
+                    return (Some(tx), mark, Err(e.into()));
+                }
+            }
+            if volatile.as_ref().is_some_and(|a| {
+                !crate::api::settings::same_attestation(
+                    &a.config().attestation,
+                    &config.attestation,
+                )
+            }) {
+                *volatile = None;
+            }
+        }
+        let mut env = ServerEnv { epoch: self.epoch };
+        let mut tx_store = TxStore::new(
+            handle.clone(),
+            mark,
+            tx,
+            rec,
+            &op.actor,
+            via_for(&op.policy),
+        );
+        // A panic in the engine becomes an error, not a dead connection or committer.
+        let response = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let authenticator =
+                volatile.get_or_insert_with(|| Authenticator::new(config, &mut env));
+            let mut presence = CallerPresence;
+            let mut ctx = Context {
+                store: &mut tx_store,
+                protection: &protection,
+                presence: &mut presence,
+                env: &mut env,
+                policy: op.policy,
+            };
+            authenticator.process(&mut ctx, &op.request)
+        }));
+        let (tx, mark, effects, failure) = tx_store.into_parts();
+        let fail = |volatile: &mut Option<Authenticator>, e: KeyOpsError| {
+            *volatile = None;
+            Err(e)
+        };
+        let response = match (response, failure) {
+            (Err(_), _) => {
+                return (
+                    tx,
+                    mark,
+                    fail(
+                        volatile,
+                        KeyOpsError::Internal("key operation aborted".into()),
+                    ),
+                );
+            }
+            (Ok(_), Some(e)) => return (tx, mark, fail(volatile, KeyOpsError::Store(e))),
+            (Ok(r), None) => r,
+        };
+        let Some(mut tx) = tx else {
+            return (
+                None,
+                mark,
+                fail(
+                    volatile,
+                    KeyOpsError::Internal("key transaction lost".into()),
+                ),
+            );
+        };
+        let command = op.request.first().copied().unwrap_or(0);
+        if !UNAUDITED_COMMANDS.contains(&command) {
+            let status = response.first().copied().unwrap_or(0x7F);
+            let detail = serde_json::json!({
+                "status": status,
+                "registration_only": op.policy.registration_only,
+                // An admin-authorised UV (automated provisioning) is recorded as such (invariant 4).
+                "uv_preauthorized": op.policy.preauthorized_uv,
+                "created": effects.created.iter().map(|(rp, user, id)| serde_json::json!({
+                    "rp_id": rp, "user_name": user, "credential_id": hex::encode(id),
+                })).collect::<Vec<_>>(),
+                "signed": effects.signed.iter().map(|(id, n)| serde_json::json!({
+                    "credential_id": hex::encode(id), "sign_count": n,
+                })).collect::<Vec<_>>(),
+                "deleted": effects.deleted.iter().map(hex::encode).collect::<Vec<_>>(),
+                "pin_state_changed": effects.pin_state_changed,
+                "wiped": effects.wiped,
+            });
+            let action = format!("key.ctap.{}", command_name(command));
+            let target = format!("key:{key_id}");
+            if let Err(e) =
+                handle.block_on(tx.append_audit(org_id, &op.actor, &action, &target, detail))
+            {
+                return (Some(tx), mark, fail(volatile, e.into()));
+            }
+        }
+        (Some(tx), mark, Ok(response))
+    }
+}
+
+impl KeyOps {
+    /// `config` is the engine configuration shared by every key (attestation, limits); each key's
+    /// own AAGUID from its row replaces `config.aaguid`.
+    pub fn new(store: Store, vault: Arc<Vault>, config: Config) -> Self {
+        let sqlite = store.backend() == Backend::Sqlite;
+        let shared = Arc::new(Shared {
+            store,
+            vault,
+            config,
+            slots: Mutex::new(HashMap::new()),
+            sqlite_writer: sqlite.then(|| tokio::sync::Mutex::new(())),
+            epoch: Instant::now(),
+        });
+        KeyOps {
+            shared,
+            committer: sqlite.then(batch::Committer::default),
+        }
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.shared.vault
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// The group committer's counters (SQLite; `None` on PostgreSQL).
+    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        self.committer.as_ref().map(batch::Committer::stats)
+    }
+
+    /// Waits for this process's turn to write on SQLite (no-op on PostgreSQL).
     async fn writer_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match &self.sqlite_writer {
+        match &self.shared.sqlite_writer {
             Some(m) => Some(m.lock().await),
             None => None,
         }
@@ -181,7 +372,7 @@ impl KeyOps {
     /// Forgets a key's volatile state (a re-plug): PIN tokens and cursors are dropped. Persistent
     /// state, including a remote soft-block of the PIN, is not touched.
     pub async fn power_cycle(&self, key_id: Uuid) {
-        let slot = self.slot(key_id);
+        let slot = self.shared.slot(key_id);
         *slot.lock().await = None;
     }
 
@@ -190,11 +381,12 @@ impl KeyOps {
     pub fn new_key_material(&self, org_id: Uuid) -> Result<NewSecurityKey, KeyOpsError> {
         let id = Uuid::now_v7();
         let (wrapped_dek, kek_version) = self
+            .shared
             .vault
             .new_data_key(&KeyBinding { org_id, key_id: id })?;
         Ok(NewSecurityKey {
             id,
-            aaguid: self.config.aaguid.to_vec(),
+            aaguid: self.shared.config.aaguid.to_vec(),
             wrapped_dek,
             kek_version,
             min_pin_length: i32::from(keyward_authenticator::DEFAULT_MIN_PIN_LENGTH),
@@ -209,9 +401,14 @@ impl KeyOps {
         user_id: Uuid,
         actor: &str,
     ) -> Result<SecurityKeyRecord, KeyOpsError> {
-        let new = self.new_key_material(org_id)?;
+        let mut new = self.new_key_material(org_id)?;
         let _turn = self.writer_turn().await;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.shared.store.begin().await?;
+        // The organisation's settings decide the new key's AAGUID and minimum PIN length.
+        let settings =
+            crate::api::settings::effective_in(&mut tx, org_id, self.shared.config.aaguid).await?;
+        new.aaguid = settings.aaguid.to_vec();
+        new.min_pin_length = settings.min_pin_length;
         tx.insert_security_key(org_id, user_id, &new).await?;
         let detail = serde_json::json!({ "user_id": user_id, "kek_version": new.kek_version });
         tx.append_audit(
@@ -223,7 +420,8 @@ impl KeyOps {
         )
         .await?;
         tx.commit().await?;
-        self.store
+        self.shared
+            .store
             .key_by_id(org_id, new.id)
             .await?
             .ok_or(KeyOpsError::NotFound)
@@ -245,10 +443,10 @@ impl KeyOps {
         if pin.len() > 63 {
             return Err(KeyOpsError::InvalidRequest("PIN longer than 63 bytes"));
         }
-        let slot = self.slot(key_id);
-        let mut volatile = slot.lock().await;
         let _turn = self.writer_turn().await;
-        let mut tx = self.store.begin_key(org_id, key_id).await?;
+        let slot = self.shared.slot(key_id);
+        let mut volatile = slot.lock().await;
+        let mut tx = self.shared.store.begin_key(org_id, key_id).await?;
         let mut rec = tx.key().await?;
         if rec.status != "active" {
             return Err(KeyOpsError::KeyNotActive(rec.status));
@@ -258,7 +456,7 @@ impl KeyOps {
                 "PIN shorter than the key's minimum PIN length",
             ));
         }
-        let data_key = self.vault.unwrap(
+        let data_key = self.shared.vault.unwrap(
             &KeyBinding { org_id, key_id },
             &rec.wrapped_dek,
             rec.kek_version,
@@ -298,97 +496,51 @@ impl KeyOps {
         policy: Policy,
         request: Vec<u8>,
     ) -> Result<Vec<u8>, KeyOpsError> {
-        let command = *request
-            .first()
-            .ok_or(KeyOpsError::InvalidRequest("empty CTAP request"))?;
-        let volatile = self.slot(key_id).lock_owned().await;
-        let _turn = self.writer_turn().await;
-        let mut tx = self.store.begin_key(org_id, key_id).await?;
-        let rec = tx.key().await?;
-        if rec.status != "active" {
-            return Err(KeyOpsError::KeyNotActive(rec.status));
+        if request.is_empty() {
+            return Err(KeyOpsError::InvalidRequest("empty CTAP request"));
         }
-        let data_key = self.vault.unwrap(
-            &KeyBinding { org_id, key_id },
-            &rec.wrapped_dek,
-            rec.kek_version,
-        )?;
-        let protection = VaultProtection {
-            data_key,
+        let op = Op {
             org_id,
-            user_id: rec.user_id,
             key_id,
+            actor: actor.to_owned(),
+            policy,
+            request,
         };
-        let mut config = self.config.clone();
-        if let Ok(aaguid) = <[u8; 16]>::try_from(rec.aaguid.as_slice()) {
-            config.aaguid = aaguid;
+        match &self.committer {
+            Some(committer) => committer.submit(&self.shared, op).await,
+            None => self.ctap_alone(op).await,
         }
-        let env = ServerEnv { epoch: self.epoch };
-        let handle = tokio::runtime::Handle::current();
-        let mut tx_store =
-            TxStore::new(handle, self.store.clone(), tx, rec, actor, via_for(&policy));
+    }
 
+    /// One operation in its own transaction (PostgreSQL).
+    async fn ctap_alone(&self, op: Op) -> Result<Vec<u8>, KeyOpsError> {
+        let mut volatile = self.shared.slot(op.key_id).lock_owned().await;
+        let _turn = self.writer_turn().await;
+        let mut tx = self.shared.store.begin_key(op.org_id, op.key_id).await?;
+        let rec = tx.key().await?;
+        let mark = tx.mark();
+        let shared = self.shared.clone();
+        let handle = tokio::runtime::Handle::current();
         let engine = move || {
-            let mut volatile = volatile;
-            let mut env = env;
-            let authenticator =
-                volatile.get_or_insert_with(|| Authenticator::new(config, &mut env));
-            let mut presence = CallerPresence;
-            let mut ctx = Context {
-                store: &mut tx_store,
-                protection: &protection,
-                presence: &mut presence,
-                env: &mut env,
-                policy,
-            };
-            let response = authenticator.process(&mut ctx, &request);
-            (volatile, tx_store, response)
+            let r = shared.execute(&handle, tx, mark, rec, &op, &mut volatile);
+            (r, volatile)
         };
         // The engine is synchronous and blocks on each database call. On a multi-threaded runtime
         // it runs in place (the worker hands its other tasks off), which saves a thread hop per
         // operation; a current-thread runtime cannot block in place, so it goes to the blocking
-        // pool there. A panic in the engine becomes an error, not a dead connection.
-        let aborted = |_| KeyOpsError::Internal("key operation aborted".into());
-        let (volatile, tx_store, response) = if tokio::runtime::Handle::current().runtime_flavor()
+        // pool there.
+        let ((tx, _mark, result), volatile) = if tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread
         {
-            tokio::task::block_in_place(|| {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(engine))
-            })
-            .map_err(aborted)?
+            tokio::task::block_in_place(engine)
         } else {
             tokio::task::spawn_blocking(engine)
                 .await
                 .map_err(|e| KeyOpsError::Internal(format!("key operation aborted: {e}")))?
         };
-
-        let (tx, effects, failure) = tx_store.into_parts();
-        if let Some(e) = failure {
-            // Dropping the transaction rolls back whatever the engine wrote.
-            return Err(KeyOpsError::Store(e));
-        }
-        let mut tx = tx.ok_or_else(|| KeyOpsError::Internal("key transaction lost".into()))?;
-        let status = response.first().copied().unwrap_or(0x7F);
-        if !UNAUDITED_COMMANDS.contains(&command) {
-            let detail = serde_json::json!({
-                "status": status,
-                "registration_only": policy.registration_only,
-                // An admin-authorised UV (automated provisioning) is recorded as such (invariant 4).
-                "uv_preauthorized": policy.preauthorized_uv,
-                "created": effects.created.iter().map(|(rp, user, id)| serde_json::json!({
-                    "rp_id": rp, "user_name": user, "credential_id": hex::encode(id),
-                })).collect::<Vec<_>>(),
-                "signed": effects.signed.iter().map(|(id, n)| serde_json::json!({
-                    "credential_id": hex::encode(id), "sign_count": n,
-                })).collect::<Vec<_>>(),
-                "deleted": effects.deleted.iter().map(hex::encode).collect::<Vec<_>>(),
-                "pin_state_changed": effects.pin_state_changed,
-                "wiped": effects.wiped,
-            });
-            let action = format!("key.ctap.{}", command_name(command));
-            tx.append_audit(org_id, actor, &action, &format!("key:{key_id}"), detail)
-                .await?;
-        }
+        // On failure, dropping the transaction rolls back whatever the engine wrote.
+        let response = result?;
+        let tx = tx.ok_or_else(|| KeyOpsError::Internal("key transaction lost".into()))?;
         tx.commit().await?;
         drop(volatile);
         Ok(response)

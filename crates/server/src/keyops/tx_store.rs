@@ -7,10 +7,11 @@
 //!
 //! The exception is [`Store::spend_pin_retry`]: a spent retry must survive even if the operation
 //! later fails or the process dies while comparing, so it commits the transaction so far and
-//! re-opens (and re-locks) the key.
+//! goes on in a new one that holds the key's lock again ([`KeyTx::checkpoint`]). In a batch
+//! (SQLite group commit) that commits the batch's earlier operations as well.
 
 use keyward_authenticator::{KeyState, StoreError, StoredCredential, UserEntity};
-use keyward_store::{CredentialRecord, KeyTx, SecurityKeyRecord};
+use keyward_store::{CredentialRecord, KeyTx, OpMark, SecurityKeyRecord};
 use tokio::runtime::Handle;
 use uuid::Uuid;
 
@@ -29,7 +30,8 @@ pub(super) struct Effects {
 
 pub(super) struct TxStore {
     handle: Handle,
-    store: keyward_store::Store,
+    /// What rolling the operation back restores in a batch (see [`KeyTx::mark`]).
+    mark: OpMark,
     org_id: Uuid,
     key_id: Uuid,
     tx: Option<KeyTx>,
@@ -63,7 +65,7 @@ macro_rules! on_tx {
 impl TxStore {
     pub(super) fn new(
         handle: Handle,
-        store: keyward_store::Store,
+        mark: OpMark,
         tx: KeyTx,
         rec: SecurityKeyRecord,
         actor: &str,
@@ -71,7 +73,7 @@ impl TxStore {
     ) -> Self {
         TxStore {
             handle,
-            store,
+            mark,
             org_id: rec.org_id,
             key_id: rec.id,
             tx: Some(tx),
@@ -84,9 +86,16 @@ impl TxStore {
         }
     }
 
-    /// Hands the transaction back for the audit entry and commit.
-    pub(super) fn into_parts(self) -> (Option<KeyTx>, Effects, Option<keyward_store::StoreError>) {
-        (self.tx, self.effects, self.failure)
+    /// Hands the transaction (and its operation's mark) back for the audit entry and commit.
+    pub(super) fn into_parts(
+        self,
+    ) -> (
+        Option<KeyTx>,
+        OpMark,
+        Effects,
+        Option<keyward_store::StoreError>,
+    ) {
+        (self.tx, self.mark, self.effects, self.failure)
     }
 
     fn fail(&mut self, e: keyward_store::StoreError) -> StoreError {
@@ -227,18 +236,13 @@ impl keyward_authenticator::Store for TxStore {
             format!("key:{}", self.key_id),
         );
         on_tx!(self, tx => tx.append_audit(org, &actor, "key.pin_retry_spent", &target, detail))?;
-        // Commit now: a crash between here and the comparison must not give the retry back.
-        let tx = self.tx.take();
-        if let Some(tx) = tx {
-            let committed = self.handle.block_on(tx.commit());
-            committed.map_err(|e| self.fail(e))?;
-        }
-        // Take the key's lock again for the rest of the operation and re-read its state, which
-        // another replica may have changed in between.
-        let reopened = self
-            .handle
-            .block_on(self.store.begin_key(self.org_id, self.key_id));
-        self.tx = Some(reopened.map_err(|e| self.fail(e))?);
+        // Commit now: a crash between here and the comparison must not give the retry back. The
+        // key's lock is taken again for the rest of the operation, and its state re-read: another
+        // replica may have changed it in between.
+        let mut mark = std::mem::take(&mut self.mark);
+        let r = on_tx!(self, tx => tx.checkpoint(&mut mark));
+        self.mark = mark;
+        r?;
         self.rec_fresh = false;
         self.effects.pin_retry_spent = true;
         self.load_state()
@@ -358,9 +362,8 @@ mod tests {
         let mut key_tx = store.begin_key(org.id, key_id).await.expect("lock");
         let rec = key_tx.key().await.expect("row");
         let handle = Handle::current();
-        let s2 = store.clone();
         let (state, tx_store) = tokio::task::spawn_blocking(move || {
-            let mut ts = TxStore::new(handle, s2, key_tx, rec, "user:test", "user");
+            let mut ts = TxStore::new(handle, OpMark::default(), key_tx, rec, "user:test", "user");
             let state = keyward_authenticator::Store::spend_pin_retry(&mut ts).expect("spend");
             // Something else in the same operation, then the operation is abandoned.
             keyward_authenticator::Store::save_state(

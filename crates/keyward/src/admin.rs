@@ -42,6 +42,16 @@ pub enum AdminCommand {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Print a one-time sign-in link for an administrator (works once, for 15 minutes).
+    LoginLink {
+        #[arg(long)]
+        email: String,
+        /// The organisation, when the e-mail address is an admin in several.
+        #[arg(long)]
+        org: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -131,6 +141,20 @@ pub fn admin(cmd: AdminCommand) -> anyhow::Result<()> {
             with_store(&db, async |store| {
                 let admin = bootstrap::create_admin(&store, &org, &email, role, &password).await?;
                 println!("{}", admin.id);
+                Ok(())
+            })
+        }
+        AdminCommand::LoginLink { email, org, db } => {
+            let config = crate::serve::load_config(db.config.as_deref())?;
+            let Some(base) = config.effective_public_url() else {
+                bail!(
+                    "set public_url (KEYWARD_PUBLIC_URL): the link must name the panel's address"
+                );
+            };
+            with_store(&db, async |store| {
+                let link = bootstrap::login_link(&store, org.as_deref(), &email, &base).await?;
+                // Only the link on stdout, so scripts can capture it.
+                println!("{link}");
                 Ok(())
             })
         }

@@ -103,6 +103,14 @@ async fn serve(config: Config, users: usize) -> anyhow::Result<()> {
     let token = zeroize::Zeroizing::new(
         bootstrap::create_token(&state.store, Some(ORG), OWNER, "quickstart set-up").await?,
     );
+    let base = config
+        .effective_public_url()
+        .context("the quickstart listens on loopback, so it has a public URL")?;
+    let link = zeroize::Zeroizing::new(
+        bootstrap::login_link(&state.store, Some(ORG), OWNER, &base)
+            .await
+            .context("creating the sign-in link")?,
+    );
 
     let app = keyward_server::serve::app(state.clone());
     let directory = call(
@@ -141,9 +149,12 @@ async fn serve(config: Config, users: usize) -> anyhow::Result<()> {
             println!("keyward listening on {url}");
             println!();
             println!("  Keyward quickstart is running with a simulated Entra ID tenant ({users} demo users).");
-            println!("  Open {url}/sign-in and sign in as");
+            println!("  Open this one-time sign-in link (it works once, for 15 minutes):");
+            println!("    sign-in link: {}", link.as_str());
+            println!("  Later, sign in at {base}/sign-in as");
             println!("    e-mail:   {OWNER}");
             println!("    password: {}", password.as_str());
+            println!("  or register a passkey under My account and use Sign in with a passkey.");
             println!("  The users are being imported now; then select some and choose Automated RP Provisioning.");
             println!("  Press Ctrl-C to stop; the demo data is removed unless --data-dir was given.");
         },

@@ -40,6 +40,39 @@ pub fn init_logging(format: &str) {
     }
 }
 
+/// While the database has no admin at all, prints a one-time link to the first-run set-up page on
+/// stderr (never through the logger, so log collectors do not keep it). Each start makes a fresh
+/// link and invalidates the one before.
+async fn print_setup_link(config: &Config, store: &keyward_store::Store) -> anyhow::Result<()> {
+    let Some(base) = config.effective_public_url() else {
+        if store.admin_count().await? == 0 {
+            eprintln!(
+                "keyward: no admin exists yet. Set public_url (KEYWARD_PUBLIC_URL) to get a set-up link, \
+                 or create one with keyward org create and keyward admin create."
+            );
+        }
+        return Ok(());
+    };
+    if let Some(link) = keyward_server::bootstrap::setup_link(store, &base)
+        .await
+        .context("creating the set-up link")?
+    {
+        eprintln!();
+        eprintln!(
+            "  Keyward has no admin yet. Open this one-time link to create the organisation and its owner:"
+        );
+        eprintln!("    {link}");
+        eprintln!(
+            "  It works once, for {} hours, and only until this server restarts.",
+            keyward_server::bootstrap::SETUP_LINK_HOURS
+        );
+        eprintln!();
+        let _ = std::io::stderr().flush();
+        tracing::info!("no admin exists: a one-time set-up link was printed on stderr");
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let env_format = std::env::var("KEYWARD_LOG_FORMAT").unwrap_or_else(|_| "text".into());
     init_logging(&env_format);
@@ -50,6 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .await
             .context("opening the data directory, database and vault")?;
         tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "starting");
+        print_setup_link(&config, &state.store).await?;
         keyward_server::serve::run(
             config,
             state,

@@ -13,6 +13,7 @@ const MODULES = {
   admins: "./admins.js",
   audit: "./audit.js",
   settings: "./settings.js",
+  account: "./account.js",
 };
 
 /** Which permission a page needs to be useful at all. */

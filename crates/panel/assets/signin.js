@@ -2,54 +2,14 @@
 // owner set-up reached through the one-time link that `keyward serve` prints.
 
 import { api, endpoints, setCsrf, csrfFrom } from "./api.js";
-import { $, busy, showError } from "./ui.js";
+import { $, busy, showError, status } from "./ui.js";
+import { requestOptions, credentialJson, ceremonyError } from "./webauthn.js";
 
 /** Only same-site paths are followed after sign-in, so `?next=` cannot send an admin elsewhere. */
 function nextPath() {
   const next = new URLSearchParams(location.search).get("next") || "";
   if (next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\") && next !== "/sign-in") return next;
   return "/users";
-}
-
-function b64urlToBytes(s) {
-  const b64 = s.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((s.length + 3) % 4);
-  return Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-}
-
-function bytesToB64url(buf) {
-  const bytes = new Uint8Array(buf);
-  let s = "";
-  for (const b of bytes) s += String.fromCharCode(b);
-  return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
-
-function requestOptions(json) {
-  const pk = json.publicKey || json;
-  if (typeof PublicKeyCredential.parseRequestOptionsFromJSON === "function") {
-    return PublicKeyCredential.parseRequestOptionsFromJSON(pk);
-  }
-  return {
-    ...pk,
-    challenge: b64urlToBytes(pk.challenge),
-    allowCredentials: (pk.allowCredentials || []).map((c) => ({ ...c, id: b64urlToBytes(c.id) })),
-  };
-}
-
-function credentialJson(cred) {
-  if (typeof cred.toJSON === "function") return cred.toJSON();
-  const r = cred.response;
-  return {
-    id: cred.id,
-    rawId: bytesToB64url(cred.rawId),
-    type: cred.type,
-    response: {
-      clientDataJSON: bytesToB64url(r.clientDataJSON),
-      authenticatorData: bytesToB64url(r.authenticatorData),
-      signature: bytesToB64url(r.signature),
-      userHandle: r.userHandle ? bytesToB64url(r.userHandle) : null,
-    },
-    clientExtensionResults: cred.getClientExtensionResults(),
-  };
 }
 
 /** Shows the passkey button only if the server's OpenAPI document lists a passkey sign-in. */
@@ -67,16 +27,47 @@ async function offerPasskey() {
     busy(ev.currentTarget, async () => {
       showError("#signin-error", null);
       try {
-        const options = await endpoints.passkeyBegin();
+        const org = $("#signin-org").value.trim();
+        const options = org
+          ? await api("POST", "/auth/passkey/begin", { org }, { signIn: true })
+          : await endpoints.passkeyBegin();
         const credential = await navigator.credentials.get({ publicKey: requestOptions(options) });
         const res = await endpoints.passkeyFinish(credentialJson(credential));
         setCsrf(csrfFrom(res));
         location.assign(nextPath());
       } catch (e) {
-        showError("#signin-error", e.name === "NotAllowedError" ? "The passkey sign-in was cancelled." : e);
+        showError(
+          "#signin-error",
+          e.status === 401 ? "This passkey is not registered for an enabled admin here." : ceremonyError(e, "passkey sign-in"),
+        );
       }
     }),
   );
+}
+
+/**
+ * A one-time sign-in link (`keyward admin login-link`, `keyward quickstart`) carries its token in
+ * the fragment, which never reaches the server's logs; it is posted once and then removed from the
+ * address bar and history.
+ */
+async function followLink() {
+  const token = new URLSearchParams(location.hash.slice(1)).get("link");
+  if (!token) return false;
+  history.replaceState(null, "", location.pathname + location.search);
+  status("Signing you in with the one-time link…");
+  try {
+    const res = await api("POST", "/auth/link", { token }, { signIn: true });
+    setCsrf(csrfFrom(res));
+    location.assign(nextPath());
+    return true;
+  } catch (e) {
+    status("", "info");
+    showError(
+      "#signin-error",
+      e.status === 401 ? "This sign-in link was already used or has expired. Sign in with your password or a passkey." : e,
+    );
+    return false;
+  }
 }
 
 function initSignIn() {
@@ -99,6 +90,7 @@ function initSignIn() {
   });
   $("#signin-email").focus();
   offerPasskey();
+  followLink();
 }
 
 function initSetup() {
@@ -109,6 +101,14 @@ function initSetup() {
   if (!token) {
     showError("#setup-error", "This page needs the one-time set-up link that keyward serve printed.");
   }
+  api("GET", "/setup", undefined, { signIn: true })
+    .then((state) => {
+      if (state && state.needed === false) {
+        form.hidden = true;
+        $("#setup-done").hidden = false;
+      }
+    })
+    .catch(() => {});
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     showError("#setup-error", null);

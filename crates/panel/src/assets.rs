@@ -43,6 +43,8 @@ pub static ASSETS: &[Asset] = &[
     asset!("ui.js", JS),
     asset!("jobs.js", JS),
     asset!("signin.js", JS),
+    asset!("account.js", JS),
+    asset!("webauthn.js", JS),
     asset!("users.js", JS),
     asset!("user.js", JS),
     asset!("directories.js", JS),

@@ -86,6 +86,13 @@ pub static PAGES: &[Page] = &[
         heading: "Settings",
         public: false,
     },
+    Page {
+        path: "/account",
+        id: "account",
+        title: "My account",
+        heading: "My account",
+        public: false,
+    },
 ];
 
 /// The navigation: link, label and the permission the link needs.
@@ -95,6 +102,8 @@ const NAV: &[(&str, &str, &str)] = &[
     ("/admins", "Admins and roles", "admins.read"),
     ("/audit", "Audit log", "audit.read"),
     ("/settings", "Settings", "settings.read"),
+    // Every role reads users, so this is everyone: each admin manages their own passkeys.
+    ("/account", "My account", "users.read"),
 ];
 
 pub(crate) fn render(page: &Page) -> Response {
@@ -106,6 +115,7 @@ pub(crate) fn render(page: &Page) -> Response {
         "directories" => directories(),
         "admins" => admins(),
         "audit" => audit(),
+        "account" => account(),
         _ => settings(),
     };
     // maud's own axum integration targets an older axum, so the markup goes out as plain Html.
@@ -189,10 +199,43 @@ fn signin() -> Markup {
     }
 }
 
+fn account() -> Markup {
+    html! {
+        section aria-labelledby="passkeys-title" {
+            h2 #passkeys-title { "My passkeys" }
+            p { "A passkey signs you in without your password: choose " strong { "Sign in with a passkey" }
+                " on the sign-in page. Passkeys work at the address they were registered at." }
+            div.table-wrap {
+                table #passkeys {
+                    caption.visually-hidden { "Your passkeys" }
+                    thead { tr {
+                        th scope="col" { "Name" } th scope="col" { "Registered" }
+                        th scope="col" { "Last used" } th scope="col" { "Actions" }
+                    } }
+                    tbody {}
+                }
+            }
+            p #passkeys-empty hidden { "You have no passkey yet." }
+            form #passkey-form .card autocomplete="off" {
+                p #passkey-error .error role="alert" {}
+                div.field {
+                    label for="passkey-name" { "Name of the new passkey" }
+                    input #passkey-name name="name" type="text" maxlength="100" placeholder="Laptop";
+                }
+                div.actions { button.primary type="submit" { "Register a passkey" } }
+            }
+        }
+    }
+}
+
 fn setup() -> Markup {
     html! {
         p { "Create the organisation and its first owner. This page works once, with the link that "
             code { "keyward serve" } " printed when it found no admin." }
+        p #setup-done .notice hidden {
+            "Set-up is done: this installation has an admin. "
+            a href="/sign-in" { "Sign in" } "."
+        }
         form #setup-form .card {
             p #setup-error .error role="alert" {}
             div.field {

@@ -373,6 +373,7 @@ fn selector_ids(js: &str) -> Vec<String> {
 async fn every_id_a_script_uses_exists_in_the_pages_that_load_it() {
     let uses: &[(&str, &[&str])] = &[
         ("signin.js", &["signin", "setup"]),
+        ("account.js", &["account"]),
         ("users.js", &["users"]),
         ("user.js", &["user"]),
         ("directories.js", &["directories"]),

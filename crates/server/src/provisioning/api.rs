@@ -44,6 +44,9 @@ pub struct RevealedTap {
     pub temporary_access_pass: String,
     pub expires_in_minutes: Option<u64>,
     pub instructions: Vec<String>,
+    /// The delegated connection to the user's key, started for the admin revealing the pass
+    /// when their pairing tool is online (design flow 4).
+    pub connection: crate::relay::api::DelegatedConnection,
 }
 
 /// Starts a provisioning job: one item per user.
@@ -176,10 +179,14 @@ pub async fn reveal_tap(
         String::from_utf8(pass.to_vec())
             .map_err(|_| ApiError::Internal("stored pass is not text".into()))?,
     );
+    // The admin now holds the pass: connect their pairing tool to the user's key, through the
+    // same path as Connect on the user's page (any replica may hold the tool).
+    let connection = crate::relay::api::try_start_delegated_session(&s, &p, user_id).await?;
     // Forget it before answering: shown once means at most once, even if the answer is lost.
     if let Some(obj) = result.as_object_mut() {
         obj.remove("tap_sealed");
         obj.insert("tap_revealed".into(), json!(true));
+        obj.insert("connection".into(), json!(connection));
     }
     s.store
         .set_item_result(job_id, user_id, Some(&result))
@@ -207,5 +214,6 @@ pub async fn reveal_tap(
             .get("tap_expires_in_minutes")
             .and_then(|v| v.as_u64()),
         instructions: instructions(&upn),
+        connection,
     }))
 }

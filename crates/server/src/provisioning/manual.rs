@@ -1,6 +1,8 @@
 //! Manual provisioning: a Temporary Access Pass the admin uses to sign in as the user and register
 //! the user's Keyward key through the pairing tool. The pass is sealed by the vault at once; the
-//! job item keeps only the sealed blob until an admin reveals it, once.
+//! job item keeps only the sealed blob until an admin reveals it, once. Revealing it also starts
+//! the delegated connection to the user's key on that admin's pairing tool when it is online
+//! (`provisioning::api::reveal_tap`, through `relay::api::start_delegated_session`).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -24,7 +26,7 @@ pub fn tap_context(org_id: Uuid, job_id: Uuid, user_id: Uuid) -> String {
 /// Step-by-step instructions shown with the pass.
 pub fn instructions(upn: &str) -> Vec<String> {
     vec![
-        "Connect your keyward-pair tool to this user's key: press Connect on the user's page (or POST /api/v1/users/{id}/connect).".into(),
+        "Run `keyward-pair run` on this PC. Revealing the pass connects it to this user's key; if it was not running then, press Connect on the user's page (POST /api/v1/users/{id}/connect).".into(),
         format!("In a private browser window, go to https://aka.ms/mysecurityinfo and sign in as {upn}."),
         "When asked for a password, choose 'Use a Temporary Access Pass' and enter the pass shown once here.".into(),
         "Choose 'Add sign-in method' → 'Passkey' (security key) → 'USB device', and confirm on the pairing tool.".into(),
@@ -71,7 +73,9 @@ pub(super) async fn run(
         "tap_expires_in_minutes": tap.lifetime_minutes.unwrap_or(TAP_LIFETIME_MINUTES),
         "usable_once": tap.usable_once,
         "instructions": instructions(&user.upn),
-        // The delegated connection is started from the user's page; no pairing hub runs here.
-        "connect": "Press Connect on the user's page to expose their key through your pairing tool.",
+        // The job runner has no pairing tool to talk to: the delegated connection starts for the
+        // admin who reveals the pass (POST /jobs/{id}/items/{user_id}/tap), when their tool is
+        // online; the reveal's answer and this item then carry its session id and expiry.
+        "connect": "Revealing the pass connects your running keyward-pair to the user's key; otherwise press Connect on the user's page.",
     }))))
 }

@@ -274,6 +274,50 @@ pub async fn start_delegated_session(
     })
 }
 
+/// The outcome of trying to start a delegated session where the caller need not fail (manual
+/// provisioning): started, or why not, in words an admin can act on.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DelegatedConnection {
+    /// `connected`, `tool_offline` (the admin's keyward-pair is not running: press Connect on the
+    /// user's page once it is) or `not_started` (see `detail`).
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    pub detail: String,
+}
+
+/// [`start_delegated_session`], with "cannot start now" as an answer rather than an error.
+/// Database and server failures are still errors.
+pub async fn try_start_delegated_session(
+    s: &AppState,
+    p: &Principal,
+    user_id: Uuid,
+) -> Result<DelegatedConnection, ApiError> {
+    let not = |status: &str, detail: String| DelegatedConnection {
+        status: status.into(),
+        session_id: None,
+        expires_at: None,
+        detail,
+    };
+    match start_delegated_session(s, p, user_id).await {
+        Ok(c) => Ok(DelegatedConnection {
+            status: "connected".into(),
+            session_id: Some(c.session_id),
+            expires_at: Some(c.expires_at),
+            detail: "the user's key is connected to your keyward-pair until the session expires or you press Disconnect".into(),
+        }),
+        Err(ApiError::Conflict(m)) if m == NOT_ONLINE => Ok(not(
+            "tool_offline",
+            "your keyward-pair is not connected: run `keyward-pair run`, then press Connect on the user's page".into(),
+        )),
+        Err(ApiError::Conflict(m)) => Ok(not("not_started", m)),
+        Err(ApiError::NotImplemented(m)) => Ok(not("not_started", m)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Why a connection cannot start: the admin's tool is not connected to any replica.
 pub const NOT_ONLINE: &str = "your keyward-pair is not connected: run `keyward-pair run` first";
 

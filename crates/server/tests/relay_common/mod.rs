@@ -65,6 +65,11 @@ pub async fn replica(template: &AppState, store: Store) -> Replica {
     state.store = store.clone();
     state.relay = Some(RelayHub::new(store, keyops.clone()));
     state.ctap = Some(keyops);
+    serve(state).await
+}
+
+/// Serves `state` (its own relay hub) on a fresh loopback port.
+pub async fn serve(state: AppState) -> Replica {
     let hub = state.relay.clone().expect("hub");
     tokio::time::timeout(Duration::from_secs(10), hub.ready())
         .await

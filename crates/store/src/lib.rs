@@ -16,6 +16,7 @@ mod directories;
 mod jobs;
 mod keys;
 mod pairing;
+mod settings;
 mod users;
 
 pub mod testing;
@@ -45,6 +46,7 @@ pub use keys::{
 pub use pairing::{
     DelegatedSessionRecord, DeviceOwner, NewDelegatedSession, PairDeviceRecord, RelayListener,
 };
+pub use settings::{AttestationBatchRecord, OrgSettingsRecord};
 pub use users::{ActivationCodeRecord, NewUser, UserFilter, UserPatch, UserRecord};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");

@@ -44,6 +44,8 @@ pub struct UserFilter {
     /// Case-insensitive substring of upn, e-mail or display name.
     pub q: Option<String>,
     pub status: Option<String>,
+    /// Where the user came from: `entra`, `csv` or `api`.
+    pub source: Option<String>,
     /// Only users with an id above this one (the previous page's last).
     pub after: Option<Uuid>,
     pub limit: i64,
@@ -99,11 +101,12 @@ impl Store {
             "SELECT {USER_COLUMNS} FROM users WHERE org_id = $1 \
              AND ($2 IS NULL OR LOWER(upn) LIKE $2 ESCAPE '\\' OR LOWER(COALESCE(email, '')) LIKE $2 ESCAPE '\\' \
                   OR LOWER(COALESCE(display_name, '')) LIKE $2 ESCAPE '\\') \
-             AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR id > $4) ORDER BY id LIMIT $5"
+             AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR id > $4) \
+             AND ($5 IS NULL OR source = $5) ORDER BY id LIMIT $6"
         );
         let q = f.q.as_deref().filter(|q| !q.is_empty()).map(like_pattern);
         Ok(on_pool!(&self.db, p => {
-            sqlx::query_as(&sql).bind(org_id).bind(&q).bind(&f.status).bind(f.after).bind(f.limit).fetch_all(p).await?
+            sqlx::query_as(&sql).bind(org_id).bind(&q).bind(&f.status).bind(f.after).bind(&f.source).bind(f.limit).fetch_all(p).await?
         }))
     }
 }

@@ -158,6 +158,10 @@ async fn assign(s: &AppState, p: &Principal, user_id: Uuid) -> ApiResult<Uuid> {
             "the user already has a security key".into(),
         ));
     }
+    // The organisation's settings decide what the new key is made with (AAGUID, minimum PIN
+    // length); read in the same transaction, so a concurrent settings change is either wholly
+    // before or wholly after this key.
+    let settings = super::settings::effective_in(&mut tx, p.org_id, s.aaguid).await?;
     let key_id = Uuid::now_v7();
     let (wrapped_dek, kek_version) = s.vault.new_data_key(&KeyBinding {
         org_id: p.org_id,
@@ -165,10 +169,10 @@ async fn assign(s: &AppState, p: &Principal, user_id: Uuid) -> ApiResult<Uuid> {
     })?;
     let key = NewSecurityKey {
         id: key_id,
-        aaguid: s.aaguid.to_vec(),
+        aaguid: settings.aaguid.to_vec(),
         wrapped_dek,
         kek_version,
-        min_pin_length: i32::from(keyward_authenticator::DEFAULT_MIN_PIN_LENGTH),
+        min_pin_length: settings.min_pin_length,
         force_pin_change: false,
     };
     tx.insert_security_key(p.org_id, user_id, &key).await?;

@@ -11,6 +11,7 @@ mod audit;
 mod auth_routes;
 mod keys;
 mod passkeys;
+pub mod settings;
 mod setup;
 mod users;
 
@@ -83,6 +84,9 @@ pub enum Permission {
     ManageSettings,
     /// See the organisation's admins: everyone but helpdesk.
     ViewAdmins,
+    /// Read organisation settings (AAGUID, attestation, PIN policy, session length): everyone
+    /// but helpdesk; only owners change them (`ManageSettings`).
+    ViewSettings,
     /// Add admins, change roles, disable admins: owners only.
     ManageAdmins,
 }
@@ -99,6 +103,7 @@ impl Permission {
             Permission::ViewAudit => matches!(role, Owner | Admin | Auditor),
             Permission::ManageSettings | Permission::ManageAdmins => matches!(role, Owner),
             Permission::ViewAdmins => matches!(role, Owner | Admin | Auditor),
+            Permission::ViewSettings => matches!(role, Owner | Admin | Auditor),
         }
     }
 }
@@ -378,6 +383,13 @@ pub fn routes() -> Vec<RouteSpec> {
             ManageUsers,
             post(crate::provisioning::api::reveal_tap),
         ),
+        route(Method::GET, "/settings", ViewSettings, get(settings::get)),
+        route(
+            Method::PUT,
+            "/settings",
+            ManageSettings,
+            axum::routing::put(settings::put),
+        ),
     ]
 }
 
@@ -542,6 +554,7 @@ pub(crate) fn decode_cursor(c: &str) -> Result<String, ApiError> {
         crate::jobs::api::get_job, crate::jobs::api::events, crate::jobs::api::retry, crate::jobs::api::cancel,
         crate::directories::api::list, crate::directories::api::create, crate::directories::api::import,
         crate::directories::api::test, crate::provisioning::api::start, crate::provisioning::api::reveal_tap,
+        settings::get, settings::put,
     ),
     components(schemas(crate::error::Problem)),
     modifiers(&SecurityAddon),

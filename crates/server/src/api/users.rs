@@ -58,6 +58,8 @@ pub struct UserQuery {
     /// Substring of upn, e-mail or display name (case-insensitive).
     pub q: Option<String>,
     pub status: Option<String>,
+    /// Where the users came from: `entra`, `csv` or `api`.
+    pub source: Option<String>,
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
@@ -115,6 +117,8 @@ pub struct ActivationCode {
 }
 
 const STATUSES: [&str; 4] = ["new", "assigned", "active", "disabled"];
+/// The sources a user can come from (the `users.source` CHECK constraint).
+const SOURCES: [&str; 3] = ["entra", "csv", "api"];
 
 fn valid_upn(upn: &str) -> Result<(), String> {
     let ok = !upn.is_empty()
@@ -168,6 +172,13 @@ pub async fn list(
             "status must be new, assigned, active or disabled".into(),
         ));
     }
+    if let Some(src) = &q.source
+        && !SOURCES.contains(&src.as_str())
+    {
+        return Err(ApiError::BadRequest(
+            "source must be entra, csv or api".into(),
+        ));
+    }
     let after = match &q.cursor {
         Some(c) => Some(
             decode_cursor(c)?
@@ -179,6 +190,7 @@ pub async fn list(
     let filter = UserFilter {
         q: q.q.clone(),
         status: q.status.clone(),
+        source: q.source.clone(),
         after,
         limit: limit + 1,
     };

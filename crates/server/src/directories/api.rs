@@ -250,8 +250,13 @@ pub async fn test(
         Ok(pol) => pol,
         Err(e) => return Ok(axum::Json(fail(e))),
     };
+    // The AAGUID the organisation's keys are made with (its settings), which the policy's
+    // AAGUID restrictions must allow.
+    let aaguid = crate::api::settings::effective(&s.store, p.org_id, s.aaguid)
+        .await?
+        .aaguid;
     let ours = OurAuthenticator {
-        aaguid: aaguid_string(&s.aaguid),
+        aaguid: aaguid_string(&aaguid),
         mds_attested: false,
     };
     let mut reasons = Vec::new();

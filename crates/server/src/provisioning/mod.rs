@@ -129,8 +129,15 @@ impl JobKind for ProvisionKind {
             if let Err(e) = graph.check_credentials().await {
                 blocked = Some((e.reason(), e.request_id.clone()));
             } else if !manual {
+                // New keys get the organisation's AAGUID (its settings); that is the one the
+                // policy's AAGUID restrictions must allow.
+                let aaguid =
+                    crate::api::settings::effective(&self.deps.store, job.org_id, self.deps.aaguid)
+                        .await
+                        .map_err(|e| format!("database unavailable: {e}"))?
+                        .aaguid;
                 let ours = OurAuthenticator {
-                    aaguid: Uuid::from_bytes(self.deps.aaguid).hyphenated().to_string(),
+                    aaguid: Uuid::from_bytes(aaguid).hyphenated().to_string(),
                     mds_attested: false,
                 };
                 match graph.fido2_policy().await {

@@ -224,6 +224,11 @@ pub async fn start_delegated_session(
         .ok_or_else(|| ApiError::Conflict(NOT_ONLINE.into()))?;
     let ttl = chrono::Duration::from_std(hub.delegated_ttl)
         .unwrap_or_else(|_| chrono::Duration::minutes(15));
+    // The organisation's setting may only shorten the server's limit.
+    let minutes = crate::api::settings::effective(&s.store, p.org_id, s.aaguid)
+        .await?
+        .delegated_session_minutes;
+    let ttl = ttl.min(chrono::Duration::minutes(i64::from(minutes)));
     let expires_at = keyward_store::now() + ttl;
     let new = NewDelegatedSession {
         org_id: p.org_id,

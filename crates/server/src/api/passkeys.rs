@@ -20,11 +20,12 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 use webauthn_rp::bin::{Decode, Encode};
 use webauthn_rp::request::PublicKeyCredentialDescriptor;
-use webauthn_rp::request::TimedCeremony;
 use webauthn_rp::request::auth::AuthenticationVerificationOptions;
+use webauthn_rp::request::register::CredProtect;
 use webauthn_rp::request::register::{
     PublicKeyCredentialUserEntity, RegistrationVerificationOptions, UserHandle64, Username,
 };
+use webauthn_rp::request::{ExtensionInfo, TimedCeremony};
 use webauthn_rp::response::register::{CompressedPubKey, DynamicState, StaticState};
 use webauthn_rp::response::{AuthTransports, CredentialId};
 use webauthn_rp::{
@@ -184,7 +185,12 @@ pub async fn register_begin(
         id: &handle,
         display_name: None,
     };
-    let (server, client) = PublicKeyCredentialCreationOptions::passkey(&rp.rp_id, user, exclude)
+    let mut options = PublicKeyCredentialCreationOptions::passkey(&rp.rp_id, user, exclude);
+    // Ask for credProtect level 3 but let authenticators without it register (Chromium's
+    // virtual and many platform authenticators lack it): every sign-in requires UV anyway.
+    options.extensions.cred_protect =
+        CredProtect::UserVerificationRequired(ExtensionInfo::AllowDontEnforceValue);
+    let (server, client) = options
         .start_ceremony()
         .map_err(internal("creation options"))?;
     let options = serde_json::to_value(&client).map_err(internal("creation options JSON"))?;

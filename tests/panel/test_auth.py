@@ -1,0 +1,216 @@
+"""Admin sign-in in a real browser: the first-run set-up link, passkeys with Chromium's virtual
+authenticator, and refusals.
+
+A fresh `keyward serve` with an empty data directory prints a one-time set-up link on stderr; the
+tests follow it, create the owner, register a passkey on the "My account" page and sign in with
+it. The panel is opened at http://localhost:PORT, the server's default public URL on loopback:
+WebAuthn does not accept an IP address as relying-party id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from panel_support import ROOT, free_port
+
+ORG = "Fresh Start Ltd"
+OWNER = "founder@fresh.test"
+PASSWORD = "a long first-run password"
+
+
+class Fresh:
+    def __init__(self, url: str, link: str, log: Path):
+        self.url = url
+        self.link = link
+        self.log = log
+
+    def post(self, path: str, body: dict) -> tuple[int, dict | None]:
+        req = urllib.request.Request(
+            self.url + "/api/v1" + path, data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as res:
+                return res.status, json.loads(res.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    """`keyward serve` on an empty data directory; its printed set-up link."""
+    binary = os.environ.get("KEYWARD_BIN", str(ROOT / "target" / "debug" / "keyward"))
+    if not Path(binary).exists():
+        pytest.fail(f"no keyward binary at {binary}: run `cargo build -p keyward` or set KEYWARD_BIN")
+    data_dir = tempfile.mkdtemp(prefix="keyward-auth-")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")}
+    env.update({"KEYWARD_LISTEN": f"127.0.0.1:{port}", "KEYWARD_DATA_DIR": data_dir,
+                "RUST_LOG": env.get("RUST_LOG", "warn")})
+    log_path = Path(data_dir) / "serve.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([binary, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    link = None
+    deadline = time.monotonic() + 60
+    while link is None:
+        if proc.poll() is not None:
+            pytest.fail("keyward serve exited: " + log_path.read_text()[-2000:])
+        found = re.search(r"(http://localhost:\d+/setup#token=\S+)", log_path.read_text())
+        if found:
+            link = found.group(1)
+        elif time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("no set-up link within 60 s: " + log_path.read_text()[-2000:])
+        else:
+            time.sleep(0.2)
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as res:
+                if res.status == 200:
+                    break
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("keyward serve did not answer /healthz")
+        time.sleep(0.2)
+    assert link.startswith(url + "/setup#token=")
+    # The token is printed on stderr only, never into the log lines.
+    assert "token=" not in "".join(l for l in log_path.read_text().splitlines(True) if " INFO " in l or " WARN " in l)
+    yield Fresh(url, link, log_path)
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def virtual_authenticator(context, page):
+    """A platform authenticator with user verification, as Chromium's DevTools protocol offers."""
+    cdp = context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable", {"enableUI": False})
+    made = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+        "hasUserVerification": True, "isUserVerified": True, "automaticPresenceSimulation": True,
+    }})
+    return cdp, made["authenticatorId"]
+
+
+def password_sign_in(page):
+    page.goto("/sign-in")
+    page.get_by_label("E-mail address").fill(OWNER)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.wait_for_url("**/users")
+    expect(page.locator("#whoami")).to_contain_text(OWNER)
+
+
+def test_first_run_setup_through_the_printed_link_works_once(browser, fresh, screenshot_dir):
+    context = browser.new_context(base_url=fresh.url)
+    page = context.new_page()
+    page.goto(fresh.link)
+    expect(page.get_by_role("heading", name="Set up Keyward")).to_be_visible()
+    page.get_by_label("Organisation name").fill(ORG)
+    page.get_by_label("Your e-mail address").fill(OWNER)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Repeat the password").fill(PASSWORD + " typo")
+    page.get_by_role("button", name="Create the owner account").click()
+    expect(page.locator("#setup-error")).to_have_text("The two passwords differ.")
+    page.get_by_label("Repeat the password").fill(PASSWORD)
+    page.screenshot(path=str(screenshot_dir / "setup.png"), full_page=True)
+    page.get_by_role("button", name="Create the owner account").click()
+    page.wait_for_url("**/users")
+    expect(page.locator("#whoami")).to_contain_text(f"{OWNER} (owner")
+    context.close()
+
+    # The link is spent: the page says set-up is done, and the API refuses with a clear 409.
+    context = browser.new_context(base_url=fresh.url)
+    page = context.new_page()
+    page.goto(fresh.link)
+    expect(page.locator("#setup-done")).to_be_visible()
+    expect(page.locator("#setup-form")).to_be_hidden()
+    page.screenshot(path=str(screenshot_dir / "setup-done.png"), full_page=True)
+    context.close()
+    token = fresh.link.split("#token=", 1)[1]
+    status, problem = fresh.post("/setup", {"token": token, "org": "Again", "email": "x@y.test",
+                                            "password": "another long password"})
+    assert status == 409, (status, problem)
+    assert "set-up is done" in problem["detail"]
+
+
+def test_passkey_registration_and_sign_in_with_chromiums_virtual_authenticator(browser, fresh, screenshot_dir):
+    context = browser.new_context(base_url=fresh.url)
+    page = context.new_page()
+    cdp, authenticator = virtual_authenticator(context, page)
+    password_sign_in(page)
+    page.get_by_role("link", name="My account").click()
+    page.wait_for_url("**/account")
+    expect(page.locator("#passkeys-empty")).to_be_visible()
+    page.get_by_label("Name of the new passkey").fill("Chromium virtual key")
+    page.get_by_role("button", name="Register a passkey").click()
+    expect(page.locator("#page-status")).to_contain_text("Passkey Chromium virtual key registered")
+    expect(page.locator("#passkeys tbody tr")).to_have_count(1)
+    expect(page.locator("#passkeys tbody tr").first).to_contain_text("Chromium virtual key")
+    creds = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})["credentials"]
+    assert len(creds) == 1 and creds[0]["isResidentCredential"] and creds[0]["rpId"] == "localhost"
+    page.screenshot(path=str(screenshot_dir / "account-passkeys.png"), full_page=True)
+
+    # Signed out, the passkey alone signs the owner in again: no e-mail address, no password.
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/sign-in")
+    passkey_button = page.get_by_role("button", name="Sign in with a passkey")
+    expect(passkey_button).to_be_visible()
+    page.screenshot(path=str(screenshot_dir / "sign-in.png"), full_page=True)
+    passkey_button.click()
+    page.wait_for_url("**/users")
+    expect(page.locator("#whoami")).to_contain_text(OWNER)
+    sign_count = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})["credentials"][0]["signCount"]
+    assert sign_count >= 2, "registration and sign-in each counted"
+
+    # The list shows when it was last used.
+    page.goto("/account")
+    expect(page.locator("#passkeys tbody tr").first.locator("td").nth(2)).not_to_have_text("—")
+    context.close()
+
+
+def test_a_deleted_or_unknown_passkey_is_refused(browser, fresh):
+    context = browser.new_context(base_url=fresh.url)
+    page = context.new_page()
+    cdp, authenticator = virtual_authenticator(context, page)
+    password_sign_in(page)
+    page.goto("/account")
+    expect(page.locator("#page-status")).not_to_have_text(re.compile("Loading"))
+    before = page.locator("#passkeys tbody tr").count()
+    page.get_by_label("Name of the new passkey").fill("Soon deleted")
+    page.get_by_role("button", name="Register a passkey").click()
+    expect(page.locator("#passkeys tbody tr")).to_have_count(before + 1)
+    # Deleting it on the server leaves the credential on the authenticator: the server no longer
+    # knows it, so signing in with it must fail.
+    page.get_by_role("button", name="Delete passkey Soon deleted").click()
+    expect(page.locator("#passkeys tbody tr")).to_have_count(before)
+    assert len(cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})["credentials"]) == 1
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/sign-in")
+    page.get_by_role("button", name="Sign in with a passkey").click()
+    expect(page.locator("#signin-error")).to_have_text(
+        "This passkey is not registered for an enabled admin here.")
+    assert page.url.endswith("/sign-in")
+    page.goto("/users")
+    page.wait_for_url(re.compile("/sign-in"))
+    context.close()

@@ -1,8 +1,9 @@
 // Keyward panel: organisation settings (attestation, AAGUID, PIN policy, delegated sessions).
-// Everyone with settings.read sees them; only settings.write may change them.
+// Everyone with settings.read sees them; only settings.write (owners) may change them. The server
+// checks the same: a PUT by anyone else is refused there.
 
 import { endpoints } from "./api.js";
-import { loadFailure, $, $$, can, busy, status, showError } from "./ui.js";
+import { loadFailure, $, $$, can, busy, status, showError, fmtTime } from "./ui.js";
 
 function fill(s) {
   for (const r of $$("input[name=attestation]")) r.checked = r.value === s.attestation;
@@ -10,6 +11,12 @@ function fill(s) {
   $("#settings-aaguid").value = s.aaguid || "";
   $("#settings-min-pin").value = s.min_pin_length ?? "";
   $("#settings-session").value = s.delegated_session_minutes ?? "";
+  const ca = $("#settings-ca");
+  ca.hidden = !s.attestation_ca_pem;
+  $("#settings-ca-pem").textContent = s.attestation_ca_pem || "";
+  $("#settings-updated").textContent = s.updated_at
+    ? `Last changed ${fmtTime(s.updated_at)}${s.updated_by ? ` by ${s.updated_by}` : ""}.`
+    : "Defaults: no one has changed these settings yet.";
 }
 
 function read() {
@@ -27,11 +34,13 @@ function read() {
 export async function init() {
   const form = $("#settings-form");
   if (!can("settings.write")) {
-    for (const el of $$("input, select", form)) el.disabled = true;
+    for (const el of $$("input, select, button", form)) el.disabled = true;
+    $("#settings-readonly").hidden = false;
   }
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     showError("#settings-error", null);
+    if (!can("settings.write")) return;
     if (!form.reportValidity()) return;
     await busy(form.querySelector("button[type=submit]"), async () => {
       try {
@@ -40,6 +49,7 @@ export async function init() {
         status("Settings saved.");
       } catch (e) {
         showError("#settings-error", e);
+        status("Settings not saved: " + e.message, "error");
       }
     });
   });

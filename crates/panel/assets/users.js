@@ -74,37 +74,10 @@ function row(user) {
   return h("tr", { dataset: { id: user.id, status: user.status || "" } }, ...cells);
 }
 
-// Whether the server filters by source itself. A server that does not know the parameter refuses
-// it (400, unknown field); the page then filters in the browser, reading further pages until it
-// has a page's worth of matches (or a bounded number of pages), so the filter still finds users
-// that sort after the first page.
-let serverFiltersSource = true;
-const CLIENT_FILTER_MAX_PAGES = 40;
-
+// Search, status and source are all filtered by the server (GET /users?q=&status=&source=), so
+// cursor paging stays exact whatever the filters.
 async function fetchPage() {
-  const params = { ...state.filters, limit: PAGE_SIZE, cursor: state.cursors[state.page] };
-  if (serverFiltersSource) {
-    try {
-      return await endpoints.users(params);
-    } catch (e) {
-      if (!(e.status === 400 && params.source)) throw e;
-      serverFiltersSource = false;
-    }
-  }
-  const source = params.source;
-  delete params.source;
-  if (!source) return endpoints.users(params);
-  const items = [];
-  let cursor = params.cursor;
-  for (let i = 0; i < CLIENT_FILTER_MAX_PAGES; i += 1) {
-    // Ask only for as many rows as the page still lacks, so the cursor where reading stops is
-    // exactly where the next page starts.
-    const data = await endpoints.users({ ...params, limit: PAGE_SIZE - items.length, cursor });
-    items.push(...itemsOf(data).filter((u) => u.source === source));
-    cursor = (data && data.next_cursor) || "";
-    if (!cursor || items.length >= PAGE_SIZE) break;
-  }
-  return { items, next_cursor: cursor };
+  return endpoints.users({ ...state.filters, limit: PAGE_SIZE, cursor: state.cursors[state.page] });
 }
 
 /** Loads the current page; `announce: false` keeps the status line of an action just finished. */

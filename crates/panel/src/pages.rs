@@ -549,32 +549,39 @@ fn audit() -> Markup {
 
 fn settings() -> Markup {
     html! {
-        form #settings-form .card {
+        form #settings-form .card aria-describedby="settings-readonly" {
             p #settings-error .error role="alert" {}
+            p #settings-readonly .hint hidden { "Only the organisation's owners can change these settings." }
             fieldset {
-                legend { "Attestation" }
-                label.choice { input type="radio" name="attestation" value="packed"; " Packed, signed by this installation's attestation CA" }
-                label.choice { input type="radio" name="attestation" value="none"; " None (required where an RP enforces attestation against FIDO MDS)" }
+                legend { "Attestation of new credentials" }
+                label.choice { input type="radio" name="attestation" value="packed"; " Packed, signed by this organisation's attestation CA" }
+                label.choice { input type="radio" name="attestation" value="none"; " None (for RPs that only accept attestation they can check against FIDO MDS)" }
+                details #settings-ca hidden {
+                    summary { "Attestation CA certificate" }
+                    p.hint { "Give it to relying parties that verify attestation." }
+                    pre #settings-ca-pem {}
+                }
             }
             div.field {
                 label for="settings-aaguid" { "AAGUID of new keys" }
-                input #settings-aaguid name="aaguid" type="text" pattern="[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}" aria-describedby="aaguid-hint";
-                p #aaguid-hint .hint { "A UUID. RPs with an AAGUID allow list (Entra key restrictions) must list it." }
+                input #settings-aaguid name="aaguid" type="text" required pattern="[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}" aria-describedby="aaguid-hint";
+                p #aaguid-hint .hint { "A UUID. RPs with an AAGUID allow list (Entra key restrictions) must list it. Keys already assigned keep theirs." }
             }
             fieldset {
                 legend { "PIN policy for new keys" }
                 label.choice { input type="radio" name="pin_policy" value="user"; " The user sets a PIN when activating the key" }
-                label.choice { input type="radio" name="pin_policy" value="admin_one_time"; " The admin sets a one-time PIN the user must change" }
+                p.hint { "An admin-set one-time PIN that the user must change is not available yet." }
             }
             div.field {
-                label for="settings-min-pin" { "Minimum PIN length" }
-                input #settings-min-pin name="min_pin_length" type="number" min="4" max="63";
+                label for="settings-min-pin" { "Minimum PIN length of new keys" }
+                input #settings-min-pin name="min_pin_length" type="number" required min="4" max="63";
             }
             div.field {
                 label for="settings-session" { "Delegated session length (minutes)" }
-                input #settings-session name="delegated_session_minutes" type="number" min="1" max="15";
-                p.hint { "At most 15 minutes." }
+                input #settings-session name="delegated_session_minutes" type="number" required min="1" max="15" aria-describedby="session-hint";
+                p #session-hint .hint { "How long Connect to register passkeys lasts; at most 15 minutes." }
             }
+            p #settings-updated .hint {}
             div.actions { button.primary type="submit" data-requires="settings.write" { "Save settings" } }
         }
     }

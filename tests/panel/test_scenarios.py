@@ -35,6 +35,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -415,6 +416,9 @@ def test_connect_register_and_disconnect_with_a_pairing_tool(browser, keyward, t
     assert status == 201, user
     status, _ = keyward.api("POST", f"/users/{user['id']}/key", {})
     assert status == 201
+    # The organisation allows delegated sessions of 2 minutes (Settings); Connect must honour it.
+    status, saved = keyward.api("PUT", "/settings", {"delegated_session_minutes": 2})
+    assert status == 200, saved
 
     # The admin's own pairing tool, logged in with an API token of theirs, online.
     token = run_cli(keyward.binary, keyward.env, "token", "create", "--email", email_of("admin"),
@@ -438,6 +442,12 @@ def test_connect_register_and_disconnect_with_a_pairing_tool(browser, keyward, t
         expect(page.locator("#connect-state")).to_contain_text("Connected")
         tool.wait_for("connected (Delegated", timeout=1.0)
         page.screenshot(path=str(screenshot_dir / "scenario-connected.png"), full_page=True)
+        status, audit = keyward.api("GET", f"/audit?action=relay.connect&user_id={user['id']}")
+        assert status == 200 and audit["items"], audit
+        entry = audit["items"][0]
+        length = (datetime.fromisoformat(entry["detail"]["expires_at"].replace("Z", "+00:00"))
+                  - datetime.fromisoformat(entry["at"].replace("Z", "+00:00"))).total_seconds()
+        assert 110 <= length <= 125, f"a 2-minute session lasts {length} s"
 
         rp = Fido2Server(PublicKeyCredentialRpEntity(id="example.com", name="Example"), attestation="direct")
         options, state = rp.register_begin(

@@ -395,12 +395,19 @@ def test_a_fault_fails_a_user_with_its_reason_and_retry_fixes_it(browser, keywar
     finally:
         assert http("POST", f"{sim}/_sim/faults", {"forbid": False})[0] == 204
 
+    # The retried registration carries packed attestation from the organisation's own CA
+    # (Settings), which the simulated Entra verifies before it accepts the passkey.
+    status, saved = keyward.api("PUT", "/settings", {"attestation": "packed"})
+    assert status == 200 and saved["attestation_ca_pem"], saved
     page.get_by_role("button", name="Retry failed").click()
     expect(page.locator("#job-counts")).to_have_text("done: 1 of 1 processed, 1 succeeded, 0 failed",
                                                      timeout=90_000)
     expect(page.locator("#job-items tbody tr[data-state=failed]")).to_have_count(0)
     _, creds = keyward.api("GET", f"/users/{user['id']}/credentials")
     assert [c["via"] for c in creds["items"] if c["rp_id"] == MS_RP] == ["automated"], creds
+    status, audit = keyward.api("GET", "/audit?action=settings.update")
+    assert audit["items"][0]["detail"]["changed"]["attestation"] == {"from": "none", "to": "packed"}
+    assert keyward.api("PUT", "/settings", {"attestation": "none"})[0] == 200
     assert not page.errors, page.errors
 
 

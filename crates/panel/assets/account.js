@@ -33,6 +33,7 @@ async function load() {
     ),
   );
   $("#passkeys-empty").hidden = items.length > 0;
+  $("#passkeys").setAttribute("aria-busy", "false");
 }
 
 async function rename(button, pk) {

@@ -206,7 +206,7 @@ fn account() -> Markup {
             p { "A passkey signs you in without your password: choose " strong { "Sign in with a passkey" }
                 " on the sign-in page. Passkeys work at the address they were registered at." }
             div.table-wrap {
-                table #passkeys {
+                table #passkeys aria-busy="true" {
                     caption.visually-hidden { "Your passkeys" }
                     thead { tr {
                         th scope="col" { "Name" } th scope="col" { "Registered" }

@@ -9,11 +9,14 @@
 //! unknown version or wrap a new key). Servers on `KEYWARD_VAULT_KEK` cannot: restart them with
 //! `KEYWARD_VAULT_KEK_NEXT` set *before* rotating.
 //!
+//! Sealed organisation secrets (directory client secrets) carry their own wrapped data key; they
+//! are re-wrapped the same way, in every organisation whether it has keys or not, each row
+//! replaced only if its blob is still the one that was read (an admin re-saving the secret
+//! meanwhile wins, and the row is picked up again on the next pass).
+//!
 //! Old KEK versions are retired (dropped from the key file, destroyed on the token) only with
-//! `retire_old`, after every data key is on the new version and no directory client secret the
-//! command can see still uses an old one.
+//! `retire_old`, after every data key and every sealed secret is on the new version.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -31,8 +34,10 @@ pub struct RotateReport {
     pub raced: usize,
     /// Whether the old versions were retired.
     pub retired: bool,
-    /// Directory client secrets still wrapped under an older KEK version (they keep old
-    /// versions alive; re-save the directory's secret to move it).
+    /// Sealed secrets (directory client secrets) re-wrapped by this run.
+    pub rewrapped_secrets: usize,
+    /// Sealed secrets still wrapped under an older KEK version after the run (they keep old
+    /// versions alive).
     pub stale_secrets: usize,
 }
 
@@ -56,9 +61,9 @@ pub async fn rotate(
         rewrapped: 0,
         raced: 0,
         retired: false,
+        rewrapped_secrets: 0,
         stale_secrets: 0,
     };
-    let mut orgs = BTreeSet::new();
     let mut waited = false;
     for _ in 0..MAX_PASSES {
         let rows = store
@@ -67,7 +72,6 @@ pub async fn rotate(
             .context("listing wrapped data keys")?;
         let mut pending = 0usize;
         for (org_id, key_id, wrapped, version) in rows {
-            orgs.insert(org_id);
             if version == new_version {
                 continue;
             }
@@ -112,11 +116,12 @@ pub async fn rotate(
         );
     }
 
-    report.stale_secrets = stale_directory_secrets(store, &orgs, new_version).await?;
+    report.rewrapped_secrets = rewrap_directory_secrets(store, vault).await?;
+    report.stale_secrets = stale_directory_secrets(store, new_version).await?;
     if retire_old {
         if report.stale_secrets > 0 {
             bail!(
-                "{} directory client secrets are still wrapped under an older KEK version; re-save them, then retire",
+                "{} directory client secrets are still wrapped under an older KEK version; run the rotation again, then retire",
                 report.stale_secrets
             );
         }
@@ -128,26 +133,52 @@ pub async fn rotate(
     Ok(report)
 }
 
-/// Counts directory secrets (of the organisations seen) not yet on `version`.
-async fn stale_directory_secrets(
-    store: &Store,
-    orgs: &BTreeSet<Uuid>,
-    version: i32,
-) -> anyhow::Result<usize> {
-    let mut stale = 0;
-    for org in orgs {
-        let dirs: Vec<DirectoryRecord> = store
-            .directories(*org)
+/// Re-wraps every directory client secret (in every organisation) not yet on the vault's current
+/// version, with a
+/// compare-and-swap per row, passing over the table until none is left or [`MAX_PASSES`].
+/// Returns how many it re-wrapped.
+async fn rewrap_directory_secrets(store: &Store, vault: &Vault) -> anyhow::Result<usize> {
+    let mut rewrapped = 0;
+    for _ in 0..MAX_PASSES {
+        let rows = store
+            .all_sealed_directory_secrets()
             .await
-            .context("listing directories")?;
-        for d in dirs {
-            match Vault::secret_kek_version(&d.sealed_client_secret) {
-                Ok(v) if v == version => {}
-                _ => stale += 1,
+            .context("listing sealed directory secrets")?;
+        let mut pending = 0usize;
+        for (org_id, id, blob) in rows {
+            let context = DirectoryRecord::secret_context(org_id, id);
+            let Some(new_blob) = vault.rewrap_secret(&context, &blob).with_context(|| {
+                format!("re-wrapping the client secret of directory {id} (organisation {org_id})")
+            })?
+            else {
+                continue;
+            };
+            pending += 1;
+            if store
+                .replace_sealed_directory_secret(org_id, id, &blob, &new_blob)
+                .await
+                .context("storing a re-wrapped directory secret")?
+            {
+                rewrapped += 1;
             }
         }
+        if pending == 0 {
+            break;
+        }
     }
-    Ok(stale)
+    Ok(rewrapped)
+}
+
+/// Counts directory secrets (of every organisation) not yet on `version`.
+async fn stale_directory_secrets(store: &Store, version: i32) -> anyhow::Result<usize> {
+    let rows = store
+        .all_sealed_directory_secrets()
+        .await
+        .context("listing sealed directory secrets")?;
+    Ok(rows
+        .iter()
+        .filter(|(_, _, blob)| !matches!(Vault::secret_kek_version(blob), Ok(v) if v == version))
+        .count())
 }
 
 /// The CLI entry point: opens the configured database and vault (the same configuration as
@@ -166,11 +197,12 @@ pub fn run_rotate(config_file: Option<&Path>, retire_old: bool) -> anyhow::Resul
         out
     })?;
     println!(
-        "vault ({}) now on KEK version {}: {} data keys re-wrapped ({} retried)",
+        "vault ({}) now on KEK version {}: {} data keys re-wrapped ({} retried), {} sealed secrets re-wrapped",
         vault.source_kind(),
         report.new_version,
         report.rewrapped,
-        report.raced
+        report.raced,
+        report.rewrapped_secrets
     );
     if report.retired {
         println!("older KEK versions retired");
@@ -181,7 +213,7 @@ pub fn run_rotate(config_file: Option<&Path>, retire_old: bool) -> anyhow::Resul
     }
     if report.stale_secrets > 0 {
         println!(
-            "{} directory client secrets still use an older version: re-save them before retiring",
+            "{} directory client secrets still use an older version: run the rotation again before retiring",
             report.stale_secrets
         );
     }
@@ -308,6 +340,109 @@ mod tests {
             (again.new_version, again.rewrapped, again.retired),
             (3, 5, false)
         );
+    }
+
+    /// Directory client secrets are re-wrapped in every organisation, including one that has no
+    /// security key at all, on SQLite and PostgreSQL; they still open to the same secret, the
+    /// old KEK versions can then be retired, and a blob re-saved meanwhile is not overwritten.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotation_rewraps_directory_secrets_of_every_organisation() {
+        for db in testing::all().await {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("vault.key");
+            let server = Vault::open(KekSource::KeyFile(path.clone())).expect("server vault");
+            // One organisation with keys, one with only a directory.
+            let keys = key_rows(&db.store, &server, 2).await;
+            let mut tx = db.store.begin().await.expect("begin");
+            let lone = tx.insert_organisation("no-keys").await.expect("org");
+            tx.commit().await.expect("commit");
+            let mut dirs = Vec::new();
+            for (org_id, secret) in [(keys[0].0, "secret-a"), (lone.id, "secret-b")] {
+                let id = Uuid::now_v7();
+                let sealed = server
+                    .seal_secret(
+                        &DirectoryRecord::secret_context(org_id, id),
+                        secret.as_bytes(),
+                    )
+                    .expect("seal");
+                let new = keyward_store::NewDirectory {
+                    id,
+                    name: format!("dir {secret}"),
+                    tenant_id: "tenant".into(),
+                    client_id: "client".into(),
+                    sealed_client_secret: sealed,
+                    authority_url: "https://login.microsoftonline.com".into(),
+                    graph_url: "https://graph.microsoft.com".into(),
+                    group_id: None,
+                    consenting_upn: None,
+                };
+                let mut tx = db.store.begin().await.expect("begin");
+                tx.insert_directory(org_id, &new).await.expect("directory");
+                tx.commit().await.expect("commit");
+                dirs.push((org_id, id, secret));
+            }
+
+            let rotator = Vault::open(KekSource::KeyFile(path.clone())).expect("rotator vault");
+            let report = rotate(&db.store, &rotator, true).await.expect("rotate");
+            assert_eq!(
+                (
+                    report.rewrapped,
+                    report.rewrapped_secrets,
+                    report.stale_secrets
+                ),
+                (2, 2, 0),
+                "{:?}",
+                db.backend()
+            );
+            assert!(
+                report.retired,
+                "every sealed value moved, so old versions retire"
+            );
+            for (org_id, id, secret) in &dirs {
+                let rec = db
+                    .store
+                    .directory(*org_id, *id)
+                    .await
+                    .expect("read")
+                    .expect("directory");
+                assert_eq!(
+                    Vault::secret_kek_version(&rec.sealed_client_secret).expect("blob"),
+                    report.new_version
+                );
+                // The running server opens it under the new version (the old one is gone).
+                let opened = server
+                    .open_secret(
+                        &DirectoryRecord::secret_context(*org_id, *id),
+                        &rec.sealed_client_secret,
+                    )
+                    .expect("open after rotation");
+                assert_eq!(&opened[..], secret.as_bytes());
+            }
+
+            // Compare-and-swap: a replacement based on a stale blob does not land.
+            let (org_id, id, _) = dirs[1];
+            let current = db
+                .store
+                .directory(org_id, id)
+                .await
+                .expect("read")
+                .expect("directory")
+                .sealed_client_secret;
+            let swapped = db
+                .store
+                .replace_sealed_directory_secret(org_id, id, b"not the stored blob", b"x")
+                .await
+                .expect("cas");
+            assert!(!swapped);
+            let after = db
+                .store
+                .directory(org_id, id)
+                .await
+                .expect("read")
+                .expect("directory")
+                .sealed_client_secret;
+            assert_eq!(after, current);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -297,6 +297,33 @@ impl Store {
         )
     }
 
+    /// Every directory's sealed client secret, in every organisation, as (organisation, directory,
+    /// sealed blob): what a vault rotation re-wraps.
+    pub async fn all_sealed_directory_secrets(
+        &self,
+    ) -> Result<Vec<(Uuid, Uuid, Vec<u8>)>, StoreError> {
+        let sql = "SELECT org_id, id, sealed_client_secret FROM directories ORDER BY org_id, id";
+        Ok(on_pool!(&self.db, p => sqlx::query_as(sql).fetch_all(p).await?))
+    }
+
+    /// Replaces a directory's sealed client secret with `new` if it is still exactly `old`
+    /// (compare-and-swap, so a rotation never overwrites a secret an admin re-saved meanwhile).
+    /// Returns whether the row changed.
+    pub async fn replace_sealed_directory_secret(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool, StoreError> {
+        let sql = "UPDATE directories SET sealed_client_secret = $1 \
+                   WHERE org_id = $2 AND id = $3 AND sealed_client_secret = $4";
+        let n = on_pool!(&self.db, p => {
+            sqlx::query(sql).bind(new).bind(org_id).bind(id).bind(old).execute(p).await?.rows_affected()
+        });
+        Ok(n == 1)
+    }
+
     /// The organisation's directories, oldest first.
     pub async fn directories(&self, org_id: Uuid) -> Result<Vec<DirectoryRecord>, StoreError> {
         let sql = format!(

@@ -27,10 +27,13 @@ async function offerPasskey() {
     busy(ev.currentTarget, async () => {
       showError("#signin-error", null);
       try {
+        // With an e-mail address (and organisation) typed in, only that admin's passkey is accepted.
+        const scope = {};
+        const email = $("#signin-email").value.trim();
         const org = $("#signin-org").value.trim();
-        const options = org
-          ? await api("POST", "/auth/passkey/begin", { org }, { signIn: true })
-          : await endpoints.passkeyBegin();
+        if (email) scope.email = email;
+        if (org) scope.org = org;
+        const options = await api("POST", "/auth/passkey/begin", scope, { signIn: true });
         const credential = await navigator.credentials.get({ publicKey: requestOptions(options) });
         const res = await endpoints.passkeyFinish(credentialJson(credential));
         setCsrf(csrfFrom(res));

@@ -329,6 +329,30 @@ async fn passkeys_stay_within_their_admin_and_organisation() {
                 .status,
             StatusCode::UNAUTHORIZED
         );
+        // Restricted to an e-mail address, only that admin's passkey is accepted.
+        let a_owner_email = a.emails[&Role::Owner].clone();
+        let options = sign_in_options(&ctx, json!({"email": a_owner_email})).await;
+        assert_eq!(
+            public(&ctx, "/api/v1/auth/passkey/finish", b_key.get(&options))
+                .await
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
+        let b_owner_email = b.emails[&Role::Owner].clone();
+        let options = sign_in_options(&ctx, json!({"email": b_owner_email, "org": "B"})).await;
+        assert_eq!(
+            public(&ctx, "/api/v1/auth/passkey/finish", b_key.get(&options))
+                .await
+                .status,
+            StatusCode::OK
+        );
+        let options = sign_in_options(&ctx, json!({"email": "nobody@b.test"})).await;
+        assert_eq!(
+            public(&ctx, "/api/v1/auth/passkey/finish", b_key.get(&options))
+                .await
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
         // A's owner cannot see, rename or delete B's passkey, nor another admin's in A.
         let a_owner = &a.tokens[&Role::Owner];
         let list = call(&ctx, Method::GET, "/api/v1/account/passkeys", a_owner, None).await;
@@ -386,6 +410,12 @@ async fn passkeys_stay_within_their_admin_and_organisation() {
             })
             .count();
         assert_eq!(b_failures, 1);
+        let wrong_admin = audit_actions(&ctx, &b.tokens[&Role::Owner])
+            .await
+            .into_iter()
+            .filter(|(a, d)| a == "auth.login_failed" && d["reason"] == "passkey of another admin")
+            .count();
+        assert_eq!(wrong_admin, 1);
     }
 }
 

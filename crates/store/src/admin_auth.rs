@@ -39,7 +39,7 @@ pub struct NewAdminPasskey<'a> {
 /// The server side of a WebAuthn ceremony, taken back (and thereby spent) when it finishes.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct CeremonyRecord {
-    /// The admin who began a registration; `None` for a sign-in.
+    /// The admin who began a registration, or the only admin a sign-in may end as.
     pub admin_id: Option<Uuid>,
     /// The organisation a sign-in was restricted to, if any.
     pub org_id: Option<Uuid>,

@@ -1,6 +1,7 @@
 //! Admin passkeys (WebAuthn, verified by `webauthn_rp`): an admin registers passkeys for their own
 //! account, lists, renames and deletes them, and signs in with one without typing an e-mail
-//! address (a discoverable credential names its admin).
+//! address (a discoverable credential names its admin), or restrict a sign-in to one organisation
+//! or one admin's e-mail address.
 //!
 //! The server side of every ceremony is stored in the database under its challenge and taken out
 //! (spent) when the ceremony finishes, so a ceremony is single-use, expires after five minutes,
@@ -97,6 +98,10 @@ pub struct SignInBegin {
     /// Accept only a passkey of an admin of this organisation.
     #[serde(default)]
     pub org: Option<String>,
+    /// Accept only a passkey of the admin with this e-mail address (with `org` when the address
+    /// is an admin in several organisations).
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 fn relying_party(s: &AppState) -> ApiResult<&RelyingParty> {
@@ -397,16 +402,30 @@ pub async fn sign_in_begin(
         .check(&s.store, &format!("passkey-begin|{ip}"))
         .await?;
     let rp = relying_party(&s)?;
+    // An unknown organisation or e-mail address is not revealed: the options look the same, but
+    // nothing is stored, so no answer can finish the ceremony.
+    let unknown = || -> ApiResult<axum::Json<CeremonyOptions>> {
+        Ok(axum::Json(CeremonyOptions {
+            public_key: unanswerable(rp)?,
+        }))
+    };
     let org_id = match req.org.as_deref().map(str::trim).filter(|o| !o.is_empty()) {
         Some(name) => match s.store.organisation_by_name(name).await? {
             Some(o) => Some(o.id),
-            // An unknown organisation is not revealed: the options look the same, but nothing is
-            // stored, so no answer can finish the ceremony.
-            None => {
-                return Ok(axum::Json(CeremonyOptions {
-                    public_key: unanswerable(rp)?,
-                }));
-            }
+            None => return unknown(),
+        },
+        None => None,
+    };
+    let admin_id = match req
+        .email
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        Some(email) => match s.store.admins_by_email(org_id, email).await?.as_slice() {
+            [one] => Some(one.id),
+            // None, or several organisations' admins without `org` to choose between them.
+            _ => return unknown(),
         },
         None => None,
     };
@@ -419,7 +438,7 @@ pub async fn sign_in_begin(
         .put_ceremony(
             &server.sent_challenge().0.to_le_bytes(),
             AUTHENTICATE,
-            None,
+            admin_id,
             org_id,
             &state,
             now_ms() + CEREMONY_MS,
@@ -506,6 +525,9 @@ pub async fn sign_in_finish(
         }
         Some(c) if c.org_id.is_some_and(|o| o != rec.org_id) => {
             return Err(refuse(&s, &rec, &admin.email, "passkey of another organisation").await);
+        }
+        Some(c) if c.admin_id.is_some_and(|a| a != rec.admin_id) => {
+            return Err(refuse(&s, &rec, &admin.email, "passkey of another admin").await);
         }
         Some(c) => c,
     };

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from panel_support import ROOT, free_port
+from panel_support import ROOT, free_port, run_cli
 
 ORG = "Fresh Start Ltd"
 OWNER = "founder@fresh.test"
@@ -31,10 +31,12 @@ PASSWORD = "a long first-run password"
 
 
 class Fresh:
-    def __init__(self, url: str, link: str, log: Path):
+    def __init__(self, url: str, link: str, log: Path, binary: str, env: dict):
         self.url = url
         self.link = link
         self.log = log
+        self.binary = binary
+        self.env = env
 
     def post(self, path: str, body: dict) -> tuple[int, dict | None]:
         req = urllib.request.Request(
@@ -90,7 +92,7 @@ def fresh():
     assert link.startswith(url + "/setup#token=")
     # The token is printed on stderr only, never into the log lines.
     assert "token=" not in "".join(l for l in log_path.read_text().splitlines(True) if " INFO " in l or " WARN " in l)
-    yield Fresh(url, link, log_path)
+    yield Fresh(url, link, log_path, binary, env)
     proc.terminate()
     try:
         proc.wait(timeout=10)
@@ -176,12 +178,24 @@ def test_passkey_registration_and_sign_in_with_chromiums_virtual_authenticator(b
     page.wait_for_url("**/sign-in")
     passkey_button = page.get_by_role("button", name="Sign in with a passkey")
     expect(passkey_button).to_be_visible()
-    page.screenshot(path=str(screenshot_dir / "sign-in.png"), full_page=True)
+    page.screenshot(path=str(screenshot_dir / "sign-in-passkey.png"), full_page=True)
     passkey_button.click()
     page.wait_for_url("**/users")
     expect(page.locator("#whoami")).to_contain_text(OWNER)
     sign_count = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})["credentials"][0]["signCount"]
     assert sign_count >= 2, "registration and sign-in each counted"
+
+    # With an e-mail address typed in, only that admin's passkey is accepted.
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/sign-in")
+    page.get_by_label("E-mail address").fill("someone-else@fresh.test")
+    page.get_by_role("button", name="Sign in with a passkey").click()
+    expect(page.locator("#signin-error")).to_have_text(
+        "This passkey is not registered for an enabled admin here.")
+    page.get_by_label("E-mail address").fill(OWNER)
+    page.get_by_role("button", name="Sign in with a passkey").click()
+    page.wait_for_url("**/users")
+    expect(page.locator("#whoami")).to_contain_text(OWNER)
 
     # The list shows when it was last used.
     page.goto("/account")
@@ -195,7 +209,7 @@ def test_a_deleted_or_unknown_passkey_is_refused(browser, fresh):
     cdp, authenticator = virtual_authenticator(context, page)
     password_sign_in(page)
     page.goto("/account")
-    expect(page.locator("#page-status")).not_to_have_text(re.compile("Loading"))
+    expect(page.locator("#passkeys")).to_have_attribute("aria-busy", "false")
     before = page.locator("#passkeys tbody tr").count()
     page.get_by_label("Name of the new passkey").fill("Soon deleted")
     page.get_by_role("button", name="Register a passkey").click()
@@ -214,3 +228,24 @@ def test_a_deleted_or_unknown_passkey_is_refused(browser, fresh):
     page.goto("/users")
     page.wait_for_url(re.compile("/sign-in"))
     context.close()
+
+
+def test_keyward_admin_login_link_signs_in_once(browser, fresh):
+    """`keyward admin login-link` prints a link (and only it) that signs the admin in once."""
+    link = run_cli(fresh.binary, fresh.env, "admin", "login-link", "--email", OWNER)
+    assert re.fullmatch(re.escape(fresh.url) + r"/sign-in#link=kwlink_[A-Za-z0-9_-]{43}", link), link
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(link)
+    page.wait_for_url("**/users")
+    expect(page.locator("#whoami")).to_contain_text(OWNER)
+    # The token does not stay in the address bar or the history.
+    assert "link=" not in page.url
+    context.close()
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(link)
+    expect(page.locator("#signin-error")).to_contain_text("already used or has expired")
+    context.close()
+    with pytest.raises(RuntimeError, match="no admin"):
+        run_cli(fresh.binary, fresh.env, "admin", "login-link", "--email", "nobody@fresh.test")

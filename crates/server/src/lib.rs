@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod provisioning;
 pub mod relay;
 pub mod serve;
+pub mod tls;

@@ -16,9 +16,8 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use keyward_store::Store;
 use keyward_vault::Vault;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::api::{self, AppState};
 use crate::auth::RateLimiter;
@@ -141,40 +140,6 @@ async fn count_requests(State(s): State<AppState>, req: Request, next: Next) -> 
     resp
 }
 
-/// A TLS listener for `axum::serve`: accepts TCP and completes the handshake (bounded in time so
-/// a stalled client cannot hold the accept loop for long).
-struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (tcp, addr) = match self.tcp.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => return (tls, addr),
-                Ok(Err(e)) => tracing::debug!(error = %e, peer = %addr, "TLS handshake failed"),
-                Err(_) => tracing::debug!(peer = %addr, "TLS handshake timed out"),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
 fn tls_config(config: &Config) -> Result<Arc<rustls::ServerConfig>, ServeError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -242,7 +207,9 @@ pub async fn run(
     let result = if tls {
         let acceptor = TlsAcceptor::from(tls_config(&config)?);
         ready(&format!("https://{local}"));
-        let listener = TlsListener { tcp, acceptor }.tap_io(|_| {});
+        let listener = crate::tls::TlsListener::new(tcp, acceptor, crate::tls::HANDSHAKE_TIMEOUT)
+            .map_err(|e| ServeError::Bind(local, e))?
+            .tap_io(|_| {});
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

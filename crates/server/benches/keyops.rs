@@ -8,6 +8,12 @@
 //! scenario, default 3000), `KEYWARD_BENCH_KEYS` (default 1000), `KEYWARD_BENCH_TASKS`
 //! (concurrent callers, default 16). A plain throughput loop rather than criterion: the figure of
 //! interest is operations per second under concurrency, not per-call latency.
+//!
+//! "Durable" means: an operation is counted only once its answer was released, and an answer is
+//! released only after the transaction holding its new signature counter and its audit entry
+//! has committed (SQLite: WAL mode, `synchronous=FULL`, so the commit's fsync has returned;
+//! PostgreSQL: its default `synchronous_commit=on`). On SQLite, operations queued together share
+//! one commit (group commit); the average batch size is printed.
 
 #[path = "../tests/keyops_common/mod.rs"]
 mod keyops_common;
@@ -73,17 +79,54 @@ async fn bench_backend(db: testing::TestDb, ops: usize, keys: usize, tasks: usiz
     );
 
     let one = Arc::new(vec![targets[0].clone()]);
-    let rate = run(&f, one, ops, tasks).await;
+    let (rate, cpu, batch) = measure(&f, one, ops, tasks).await;
     println!(
-        "{:?} getAssertion, one key, {tasks} callers: {rate:.0} durable ops/s ({ops} ops)",
+        "{:?} getAssertion, one key, {tasks} callers: {rate:.0} durable ops/s ({ops} ops, {cpu}{batch})",
         db.backend()
     );
     let spread = Arc::new(targets);
-    let rate = run(&f, spread, ops, tasks).await;
+    let (rate, cpu, batch) = measure(&f, spread, ops, tasks).await;
     println!(
-        "{:?} getAssertion, {keys} keys, {tasks} callers: {rate:.0} durable ops/s ({ops} ops)",
+        "{:?} getAssertion, {keys} keys, {tasks} callers: {rate:.0} durable ops/s ({ops} ops, {cpu}{batch})",
         db.backend()
     );
+}
+
+/// [`run`], plus this process's CPU time per operation and, on SQLite, the average number of
+/// operations per commit.
+async fn measure(
+    f: &Fixture,
+    targets: Arc<Vec<(Uuid, Vec<u8>)>>,
+    ops: usize,
+    tasks: usize,
+) -> (f64, String, String) {
+    let stats = f.ops.group_commit_stats();
+    let cpu = process_cpu_seconds();
+    let rate = run(f, targets, ops, tasks).await;
+    let cpu = match (cpu, process_cpu_seconds()) {
+        (Some(a), Some(b)) => format!("{:.3} ms CPU/op", (b - a) * 1000.0 / ops as f64),
+        _ => "CPU/op unknown".into(),
+    };
+    let batch = match (stats, f.ops.group_commit_stats()) {
+        (Some(a), Some(b)) if b.batches > a.batches => format!(
+            ", {:.1} ops per commit",
+            (b.operations - a.operations) as f64 / (b.batches - a.batches) as f64
+        ),
+        _ => String::new(),
+    };
+    (rate, cpu, batch)
+}
+
+/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`), which includes
+/// the SQLite worker threads but not a PostgreSQL server.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th there.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks / 100.0)
 }
 
 fn main() {

@@ -100,7 +100,12 @@ async fn owners_change_settings_and_new_keys_get_them() {
         let owner = &org.tokens[&Role::Owner];
 
         let r = settings(&ctx, owner).await;
-        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
         let v = r.json();
         assert_eq!(v["aaguid"], json!(default_aaguid()));
         assert_eq!(v["attestation"], json!("none"));
@@ -428,4 +433,48 @@ fn the_openapi_document_lists_settings_and_the_source_filter() {
         .as_array()
         .expect("parameters");
     assert!(params.iter().any(|p| p["name"] == "source"));
+}
+
+/// Keys that provisioning assigns on its own (`assign_missing_keys`, through `KeyOps::create_key`)
+/// get the organisation's settings too, not the server's defaults.
+#[tokio::test]
+async fn keys_created_by_key_operations_follow_the_settings() {
+    for db in keyward_store::testing::all().await {
+        let ctx = ctx(db).await;
+        let org = org(&ctx, "A").await;
+        let owner = &org.tokens[&Role::Owner];
+        let r = put(
+            &ctx,
+            owner,
+            json!({"aaguid": NEW_AAGUID, "min_pin_length": 8}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let r = call(
+            &ctx,
+            Method::POST,
+            "/api/v1/users",
+            owner,
+            Some(json!({"upn": "job@a.test"})),
+        )
+        .await;
+        let user: Uuid = r.json()["id"].as_str().expect("id").parse().expect("uuid");
+        let keyops = keyward_server::keyops::KeyOps::new(
+            ctx.state.store.clone(),
+            ctx.state.vault.clone(),
+            keyward_authenticator::Config::new(keyward_server::serve::KEYWARD_AAGUID),
+        );
+        let key = keyops
+            .create_key(org.id, user, "job:test")
+            .await
+            .expect("key");
+        assert_eq!(
+            Uuid::from_slice(&key.aaguid)
+                .expect("aaguid")
+                .hyphenated()
+                .to_string(),
+            NEW_AAGUID
+        );
+        assert_eq!(key.min_pin_length, 8);
+    }
 }

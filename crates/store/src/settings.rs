@@ -48,6 +48,15 @@ impl Store {
         Ok(on_pool!(&self.db, p => sqlx::query_as(&sql).bind(org_id).fetch_optional(p).await?))
     }
 
+    /// Every batch attestation certificate of the organisation (one per AAGUID its keys carry).
+    pub async fn attestation_batches(
+        &self,
+        org_id: Uuid,
+    ) -> Result<Vec<AttestationBatchRecord>, StoreError> {
+        let sql = format!("SELECT {BATCH_COLUMNS} FROM attestation_batches WHERE org_id = $1");
+        Ok(on_pool!(&self.db, p => sqlx::query_as(&sql).bind(org_id).fetch_all(p).await?))
+    }
+
     pub async fn attestation_batch(
         &self,
         org_id: Uuid,

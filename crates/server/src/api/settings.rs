@@ -108,32 +108,59 @@ pub enum AttestationError {
     Vault(#[from] keyward_vault::VaultError),
 }
 
-/// The attestation statement a key with `aaguid` gives under its organisation's settings, or
-/// `None` when the organisation saved no settings (the server's configuration then applies):
-/// `none`, or `packed` signed by the organisation's batch key for that AAGUID. A `packed`
-/// organisation whose batch for this AAGUID is missing (a key assigned while the setting changed)
-/// attests `none` rather than with a certificate that names another AAGUID.
-pub async fn attestation_for(
+/// An organisation's attestation choice, loaded once per key operation before the key is locked
+/// (so no database read happens while a key operation holds the write lock).
+pub enum OrgAttestation {
+    None,
+    /// Packed, with the organisation's batch key for each AAGUID its keys carry.
+    Packed(Vec<(Vec<u8>, AttestationKey)>),
+}
+
+impl OrgAttestation {
+    /// The statement a key with `aaguid` gives. A packed organisation without a batch for this
+    /// AAGUID (a key assigned while the setting changed) attests `none` rather than with a
+    /// certificate that names another AAGUID.
+    pub fn for_aaguid(&self, aaguid: &[u8]) -> Attestation {
+        match self {
+            OrgAttestation::None => Attestation::None,
+            OrgAttestation::Packed(batches) => {
+                match batches.iter().find(|(a, _)| a.as_slice() == aaguid) {
+                    Some((_, key)) => Attestation::Packed(key.clone()),
+                    None => {
+                        tracing::warn!(aaguid = %hex::encode(aaguid), "no batch attestation certificate for this AAGUID; attesting none");
+                        Attestation::None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The organisation's attestation choice, or `None` when it saved no settings (the server's
+/// configuration then applies). Packed batch keys are opened from the vault here.
+pub async fn org_attestation(
     store: &Store,
     vault: &Vault,
     org_id: Uuid,
-    aaguid: &[u8],
-) -> Result<Option<Attestation>, AttestationError> {
+) -> Result<Option<OrgAttestation>, AttestationError> {
     let Some(settings) = store.org_settings(org_id).await? else {
         return Ok(None);
     };
     if settings.attestation != "packed" {
-        return Ok(Some(Attestation::None));
+        return Ok(Some(OrgAttestation::None));
     }
-    let Some(batch) = store.attestation_batch(org_id, aaguid).await? else {
-        tracing::warn!(%org_id, aaguid = %hex::encode(aaguid), "no batch attestation certificate for this AAGUID; attesting none");
-        return Ok(Some(Attestation::None));
-    };
-    let pkcs8_der = vault.open_secret(&batch_key_context(org_id, aaguid), &batch.key_sealed)?;
-    Ok(Some(Attestation::Packed(AttestationKey {
-        cert_chain_der: vec![batch.cert_der],
-        pkcs8_der,
-    })))
+    let mut batches = Vec::new();
+    for b in store.attestation_batches(org_id).await? {
+        let pkcs8_der = vault.open_secret(&batch_key_context(org_id, &b.aaguid), &b.key_sealed)?;
+        batches.push((
+            b.aaguid,
+            AttestationKey {
+                cert_chain_der: vec![b.cert_der],
+                pkcs8_der,
+            },
+        ));
+    }
+    Ok(Some(OrgAttestation::Packed(batches)))
 }
 
 /// Whether two attestation choices are the same (same format, same certificates).

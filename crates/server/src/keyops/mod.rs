@@ -160,6 +160,8 @@ fn via_for(policy: &Policy) -> &'static str {
 
 /// One CTAP request for one key, as the caller gave it.
 struct Op {
+    /// The organisation's attestation setting, when it has one.
+    attestation: Option<std::sync::Arc<crate::api::settings::OrgAttestation>>,
     org_id: Uuid,
     key_id: Uuid,
     actor: String,
@@ -219,25 +221,11 @@ impl Shared {
         if let Ok(aaguid) = <[u8; 16]>::try_from(rec.aaguid.as_slice()) {
             config.aaguid = aaguid;
         }
-        // The organisation's attestation setting. Read when the key is "plugged in" (no volatile
-        // state) and before each makeCredential; a key whose cached engine attests otherwise is
-        // power-cycled so the new choice applies.
-        if volatile.is_none() || op.request.first() == Some(&0x01) {
-            match handle.block_on(crate::api::settings::attestation_for(
-                &self.store,
-                &self.vault,
-                org_id,
-                &rec.aaguid,
-            )) {
-                Ok(Some(attestation)) => config.attestation = attestation,
-                Ok(None) => {}
-                Err(crate::api::settings::AttestationError::Store(e)) => {
-                    return (Some(tx), mark, Err(KeyOpsError::Store(e)));
-                }
-                Err(crate::api::settings::AttestationError::Vault(e)) => {
-                    return (Some(tx), mark, Err(e.into()));
-                }
-            }
+        // The organisation's attestation setting (read by `ctap` before the key was locked). A
+        // key whose cached engine attests otherwise is power-cycled so the new choice applies;
+        // that happens only on the key's first operation after the setting changed.
+        if let Some(org_attestation) = &op.attestation {
+            config.attestation = org_attestation.for_aaguid(&rec.aaguid);
             if volatile.as_ref().is_some_and(|a| {
                 !crate::api::settings::same_attestation(
                     &a.config().attestation,
@@ -499,7 +487,18 @@ impl KeyOps {
         if request.is_empty() {
             return Err(KeyOpsError::InvalidRequest("empty CTAP request"));
         }
+        // Read before the key is locked and outside any batch: no database read happens while a
+        // key operation holds the write lock.
+        let attestation =
+            crate::api::settings::org_attestation(&self.shared.store, &self.shared.vault, org_id)
+                .await
+                .map_err(|e| match e {
+                    crate::api::settings::AttestationError::Store(e) => KeyOpsError::Store(e),
+                    crate::api::settings::AttestationError::Vault(e) => e.into(),
+                })?
+                .map(std::sync::Arc::new);
         let op = Op {
+            attestation,
             org_id,
             key_id,
             actor: actor.to_owned(),

@@ -359,6 +359,140 @@ impl Tx {
     }
 }
 
+/// Relay presence and notifications across replicas (PostgreSQL only; see migration 0400).
+///
+/// Presence rows say which replica holds a tool's connection; a replica's rows count only while its
+/// heartbeat is fresh, so a replica that died without cleaning up stops looking online after one
+/// lease. Times are compared in SQL here: only PostgreSQL writes these rows.
+impl Store {
+    /// Refreshes a replica's heartbeat, creating its row if needed. `false` when the row had to be
+    /// created: first start, or another replica pruned this one as stale (its presence rows went
+    /// with it, so the caller claims its connections again).
+    pub async fn relay_heartbeat(&self, replica_id: Uuid) -> Result<bool, StoreError> {
+        let at = now();
+        let n = on_pool!(&self.db, p => {
+            sqlx::query("UPDATE relay_replicas SET heartbeat_at = $1 WHERE id = $2")
+                .bind(at).bind(replica_id).execute(p).await?.rows_affected()
+        });
+        if n == 1 {
+            return Ok(true);
+        }
+        on_pool!(&self.db, p => {
+            sqlx::query("INSERT INTO relay_replicas (id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
+                         ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at")
+                .bind(replica_id).bind(at).execute(p).await?;
+        });
+        Ok(false)
+    }
+
+    /// Removes replicas (and the connections they claimed) whose heartbeat is older than `before`,
+    /// and a stopping replica's own row when `also` is given. Returns how many replicas went.
+    pub async fn relay_prune_replicas(
+        &self,
+        before: DateTime<Utc>,
+        also: Option<Uuid>,
+    ) -> Result<u64, StoreError> {
+        let n = on_pool!(&self.db, p => {
+            sqlx::query("DELETE FROM relay_replicas WHERE heartbeat_at < $1 OR id = $2")
+                .bind(before).bind(also).execute(p).await?.rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// Records that `device_id` is connected to `replica_id` (replacing an older claim).
+    pub async fn relay_claim(
+        &self,
+        device: &PairDeviceRecord,
+        replica_id: Uuid,
+    ) -> Result<(), StoreError> {
+        let at = now();
+        on_pool!(&self.db, p => {
+            sqlx::query("INSERT INTO relay_presence (device_id, replica_id, org_id, admin_id, user_id, connected_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (device_id) DO UPDATE SET \
+                         replica_id = excluded.replica_id, connected_at = excluded.connected_at")
+                .bind(device.id).bind(replica_id).bind(device.org_id).bind(device.admin_id)
+                .bind(device.user_id).bind(at).execute(p).await?;
+        });
+        Ok(())
+    }
+
+    /// Drops a device's presence row if `replica_id` still holds it.
+    pub async fn relay_release(&self, device_id: Uuid, replica_id: Uuid) -> Result<(), StoreError> {
+        on_pool!(&self.db, p => {
+            sqlx::query("DELETE FROM relay_presence WHERE device_id = $1 AND replica_id = $2")
+                .bind(device_id).bind(replica_id).execute(p).await?;
+        });
+        Ok(())
+    }
+
+    /// The newest not-revoked device of an admin connected to a replica whose heartbeat is newer
+    /// than `fresh_after`.
+    pub async fn relay_online_admin_device(
+        &self,
+        org_id: Uuid,
+        admin_id: Uuid,
+        fresh_after: DateTime<Utc>,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let row: Option<(Uuid,)> = on_pool!(&self.db, p => {
+            sqlx::query_as("SELECT p.device_id FROM relay_presence p \
+                            JOIN relay_replicas r ON r.id = p.replica_id \
+                            JOIN pair_devices d ON d.id = p.device_id \
+                            WHERE p.org_id = $1 AND p.admin_id = $2 AND r.heartbeat_at > $3 \
+                            AND d.revoked_at IS NULL ORDER BY p.connected_at DESC LIMIT 1")
+                .bind(org_id).bind(admin_id).bind(fresh_after).fetch_optional(p).await?
+        });
+        Ok(row.map(|r| r.0))
+    }
+
+    /// The organisation a key belongs to, in any organisation: the relay uses it only to tell a
+    /// stale key id from one of another organisation when refusing (and auditing) a request.
+    pub async fn key_org(&self, key_id: Uuid) -> Result<Option<Uuid>, StoreError> {
+        let row: Option<(Uuid,)> = on_pool!(&self.db, p => {
+            sqlx::query_as("SELECT org_id FROM security_keys WHERE id = $1")
+                .bind(key_id).fetch_optional(p).await?
+        });
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Sends `payload` on a notification channel to every replica listening (PostgreSQL
+    /// `pg_notify`); nothing on SQLite, where one process holds every connection.
+    pub async fn relay_notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
+        if let Db::Postgres(p) = &self.db {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(payload)
+                .execute(p)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Listens on a notification channel; `None` on SQLite.
+    pub async fn relay_listener(&self, channel: &str) -> Result<Option<RelayListener>, StoreError> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(None),
+            Db::Postgres(p) => {
+                let mut l = sqlx::postgres::PgListener::connect_with(p).await?;
+                l.listen(channel).await?;
+                Ok(Some(RelayListener { inner: l }))
+            }
+        }
+    }
+}
+
+/// A PostgreSQL `LISTEN` connection that reconnects by itself.
+pub struct RelayListener {
+    inner: sqlx::postgres::PgListener,
+}
+
+impl RelayListener {
+    /// The next payload. `Ok(None)` means the connection was lost and is being re-established:
+    /// notifications sent meanwhile are gone, so the caller re-reads its state from the database.
+    pub async fn recv(&mut self) -> Result<Option<String>, StoreError> {
+        Ok(self.inner.try_recv().await?.map(|n| n.payload().to_owned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::Duration;
@@ -651,139 +785,5 @@ mod tests {
                     .is_err()
             );
         }
-    }
-}
-
-/// Relay presence and notifications across replicas (PostgreSQL only; see migration 0400).
-///
-/// Presence rows say which replica holds a tool's connection; a replica's rows count only while its
-/// heartbeat is fresh, so a replica that died without cleaning up stops looking online after one
-/// lease. Times are compared in SQL here: only PostgreSQL writes these rows.
-impl Store {
-    /// Refreshes a replica's heartbeat, creating its row if needed. `false` when the row had to be
-    /// created: first start, or another replica pruned this one as stale (its presence rows went
-    /// with it, so the caller claims its connections again).
-    pub async fn relay_heartbeat(&self, replica_id: Uuid) -> Result<bool, StoreError> {
-        let at = now();
-        let n = on_pool!(&self.db, p => {
-            sqlx::query("UPDATE relay_replicas SET heartbeat_at = $1 WHERE id = $2")
-                .bind(at).bind(replica_id).execute(p).await?.rows_affected()
-        });
-        if n == 1 {
-            return Ok(true);
-        }
-        on_pool!(&self.db, p => {
-            sqlx::query("INSERT INTO relay_replicas (id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
-                         ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at")
-                .bind(replica_id).bind(at).execute(p).await?;
-        });
-        Ok(false)
-    }
-
-    /// Removes replicas (and the connections they claimed) whose heartbeat is older than `before`,
-    /// and a stopping replica's own row when `also` is given. Returns how many replicas went.
-    pub async fn relay_prune_replicas(
-        &self,
-        before: DateTime<Utc>,
-        also: Option<Uuid>,
-    ) -> Result<u64, StoreError> {
-        let n = on_pool!(&self.db, p => {
-            sqlx::query("DELETE FROM relay_replicas WHERE heartbeat_at < $1 OR id = $2")
-                .bind(before).bind(also).execute(p).await?.rows_affected()
-        });
-        Ok(n)
-    }
-
-    /// Records that `device_id` is connected to `replica_id` (replacing an older claim).
-    pub async fn relay_claim(
-        &self,
-        device: &PairDeviceRecord,
-        replica_id: Uuid,
-    ) -> Result<(), StoreError> {
-        let at = now();
-        on_pool!(&self.db, p => {
-            sqlx::query("INSERT INTO relay_presence (device_id, replica_id, org_id, admin_id, user_id, connected_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (device_id) DO UPDATE SET \
-                         replica_id = excluded.replica_id, connected_at = excluded.connected_at")
-                .bind(device.id).bind(replica_id).bind(device.org_id).bind(device.admin_id)
-                .bind(device.user_id).bind(at).execute(p).await?;
-        });
-        Ok(())
-    }
-
-    /// Drops a device's presence row if `replica_id` still holds it.
-    pub async fn relay_release(&self, device_id: Uuid, replica_id: Uuid) -> Result<(), StoreError> {
-        on_pool!(&self.db, p => {
-            sqlx::query("DELETE FROM relay_presence WHERE device_id = $1 AND replica_id = $2")
-                .bind(device_id).bind(replica_id).execute(p).await?;
-        });
-        Ok(())
-    }
-
-    /// The newest not-revoked device of an admin connected to a replica whose heartbeat is newer
-    /// than `fresh_after`.
-    pub async fn relay_online_admin_device(
-        &self,
-        org_id: Uuid,
-        admin_id: Uuid,
-        fresh_after: DateTime<Utc>,
-    ) -> Result<Option<Uuid>, StoreError> {
-        let row: Option<(Uuid,)> = on_pool!(&self.db, p => {
-            sqlx::query_as("SELECT p.device_id FROM relay_presence p \
-                            JOIN relay_replicas r ON r.id = p.replica_id \
-                            JOIN pair_devices d ON d.id = p.device_id \
-                            WHERE p.org_id = $1 AND p.admin_id = $2 AND r.heartbeat_at > $3 \
-                            AND d.revoked_at IS NULL ORDER BY p.connected_at DESC LIMIT 1")
-                .bind(org_id).bind(admin_id).bind(fresh_after).fetch_optional(p).await?
-        });
-        Ok(row.map(|r| r.0))
-    }
-
-    /// The organisation a key belongs to, in any organisation: the relay uses it only to tell a
-    /// stale key id from one of another organisation when refusing (and auditing) a request.
-    pub async fn key_org(&self, key_id: Uuid) -> Result<Option<Uuid>, StoreError> {
-        let row: Option<(Uuid,)> = on_pool!(&self.db, p => {
-            sqlx::query_as("SELECT org_id FROM security_keys WHERE id = $1")
-                .bind(key_id).fetch_optional(p).await?
-        });
-        Ok(row.map(|r| r.0))
-    }
-
-    /// Sends `payload` on a notification channel to every replica listening (PostgreSQL
-    /// `pg_notify`); nothing on SQLite, where one process holds every connection.
-    pub async fn relay_notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
-        if let Db::Postgres(p) = &self.db {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(channel)
-                .bind(payload)
-                .execute(p)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Listens on a notification channel; `None` on SQLite.
-    pub async fn relay_listener(&self, channel: &str) -> Result<Option<RelayListener>, StoreError> {
-        match &self.db {
-            Db::Sqlite(_) => Ok(None),
-            Db::Postgres(p) => {
-                let mut l = sqlx::postgres::PgListener::connect_with(p).await?;
-                l.listen(channel).await?;
-                Ok(Some(RelayListener { inner: l }))
-            }
-        }
-    }
-}
-
-/// A PostgreSQL `LISTEN` connection that reconnects by itself.
-pub struct RelayListener {
-    inner: sqlx::postgres::PgListener,
-}
-
-impl RelayListener {
-    /// The next payload. `Ok(None)` means the connection was lost and is being re-established:
-    /// notifications sent meanwhile are gone, so the caller re-reads its state from the database.
-    pub async fn recv(&mut self) -> Result<Option<String>, StoreError> {
-        Ok(self.inner.try_recv().await?.map(|n| n.payload().to_owned()))
     }
 }

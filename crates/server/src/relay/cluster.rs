@@ -123,7 +123,7 @@ async fn heartbeat(hub: Weak<RelayHub>) {
             }
             Err(e) => tracing::warn!(error = %e, "relay heartbeat failed"),
         }
-        if beats % 15 == 0 {
+        if beats.is_multiple_of(15) {
             let before =
                 keyward_store::now() - chrono::Duration::from_std(PRUNE_AFTER).unwrap_or_default();
             if let Err(e) = h.store.relay_prune_replicas(before, None).await {
@@ -163,9 +163,10 @@ async fn listen(hub: Weak<RelayHub>) {
         };
         backoff = Duration::from_millis(200);
         if let Some(h) = hub.upgrade() {
-            h.listening.send_replace(true);
-            // Whatever was sent before this LISTEN (or while a previous one was down) is lost.
+            // Whatever was sent before this LISTEN (or while a previous one was down) is lost:
+            // re-read first, then report ready.
             resync(&h).await;
+            h.listening.send_replace(true);
         }
         let mut tick = tokio::time::interval(RESYNC_EVERY);
         tick.tick().await;

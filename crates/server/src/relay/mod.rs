@@ -158,7 +158,8 @@ impl RelayHub {
         self.replica_id
     }
 
-    /// Waits until this hub receives other replicas' notifications (at once on SQLite).
+    /// Waits until this hub receives other replicas' notifications and has re-read its tools'
+    /// state after (re)starting to listen (at once on SQLite).
     pub async fn ready(&self) {
         let mut rx = self.listening.subscribe();
         let _ = rx.wait_for(|listening| *listening).await;

@@ -175,11 +175,9 @@ pub async fn ctap(tool: &mut Tool, id: u64, payload: Vec<u8>, key_id: Option<Str
         user_present: true,
         key_id,
     });
-    loop {
-        match next_message(tool, Duration::from_secs(10)).await.0 {
-            ServerMessage::CtapResult { id: got, payload } if got == id => return payload,
-            other => panic!("expected the CTAP result, got {other:?}"),
-        }
+    match next_message(tool, Duration::from_secs(10)).await.0 {
+        ServerMessage::CtapResult { id: got, payload } if got == id => payload,
+        other => panic!("expected the CTAP result, got {other:?}"),
     }
 }
 

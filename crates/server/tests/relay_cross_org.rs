@@ -44,7 +44,7 @@ async fn a_tool_of_one_organisation_never_reaches_another_organisations_key() {
         }
         let refused = audit(&ctx.state.store, alpha.id, "relay.connect_refused").await;
         assert_eq!(refused.len(), 1, "{backend:?}: {refused:?}");
-        assert_eq!(refused[0].target, format!("user:{ub}"));
+        assert_eq!(refused[0].detail["requested"], ub.to_string());
         assert!(
             ctx.state
                 .store

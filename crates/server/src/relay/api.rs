@@ -200,8 +200,10 @@ pub async fn start_delegated_session(
             p.org_id,
             &p.actor(),
             "relay.connect_refused",
-            &format!("user:{user_id}"),
-            json!({"reason": "no such user in this organisation"}),
+            // Not `user:<id>`: the id names no user of this organisation, and the audit log's
+            // per-user view must not list another organisation's user.
+            &format!("admin:{}", p.admin_id),
+            json!({"requested": user_id, "reason": "no such user in this organisation"}),
         )
         .await?;
         tx.commit().await?;

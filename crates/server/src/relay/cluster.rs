@@ -62,6 +62,8 @@ pub enum Notice {
         key_id: Uuid,
         reason: String,
     },
+    /// The key is usable again: the user's own tools show it.
+    KeyBack { org_id: Uuid, key_id: Uuid },
     /// The device connected to the sending replica: close any older connection of it.
     Claimed { device_id: Uuid },
 }
@@ -264,6 +266,7 @@ async fn handle(hub: &Arc<RelayHub>, payload: &str) {
             key_id,
             reason,
         } => hub.key_unavailable_local(org_id, key_id, &reason),
+        Notice::KeyBack { org_id, key_id } => hub.key_available_local(org_id, key_id).await,
         Notice::Claimed { device_id } => {
             hub.disconnect_local(device_id, ErrorCode::Protocol, SUPERSEDED);
         }

@@ -375,6 +375,50 @@ impl RelayHub {
         }
     }
 
+    /// A key became usable again (resumed): the user's own tools, on every replica, show it.
+    pub async fn key_available(
+        self: &Arc<Self>,
+        org_id: Uuid,
+        key_id: Uuid,
+    ) -> Result<(), StoreError> {
+        self.key_available_local(org_id, key_id).await;
+        if self.cluster {
+            self.notify(&cluster::Notice::KeyBack { org_id, key_id })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn key_available_local(self: &Arc<Self>, org_id: Uuid, key_id: Uuid) {
+        let Ok(Some(key)) = self.store.key_by_id(org_id, key_id).await else {
+            return;
+        };
+        if key.status != "active" {
+            return;
+        }
+        let tools: Vec<(Uuid, String)> = self
+            .conns()
+            .iter()
+            .filter(|(_, c)| {
+                c.org_id == org_id
+                    && c.owner == DeviceOwner::User(key.user_id)
+                    && c.attached.as_ref().is_none_or(|a| a.key_id != key_id)
+            })
+            .map(|(id, c)| (*id, c.actor.clone()))
+            .collect();
+        for (device_id, actor) in tools {
+            let a = Attached {
+                session_id: Uuid::now_v7(),
+                key_id,
+                org_id,
+                actor,
+                registration_only: false,
+                expires_at: None,
+            };
+            self.attach_local(device_id, a, SessionMode::User).await;
+        }
+    }
+
     async fn notify(&self, notice: &cluster::Notice) -> Result<(), StoreError> {
         cluster::notify(&self.store, self.replica_id, notice).await
     }

@@ -195,3 +195,18 @@ pub async fn audit(store: &Store, org_id: Uuid, action: &str) -> Vec<keyward_sto
         .await
         .expect("audit")
 }
+
+/// A POST without credentials (the public routes: activation).
+pub async fn post_public(to: &Replica, path: &str, body: Value) -> Resp {
+    send(
+        &to.app,
+        request(
+            Method::POST,
+            path,
+            None,
+            Some("application/json"),
+            serde_json::to_vec(&body).expect("json"),
+        ),
+    )
+    .await
+}

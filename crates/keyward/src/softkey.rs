@@ -131,7 +131,9 @@ struct SoftPresence {
 
 impl Presence for SoftPresence {
     fn confirm(&mut self, request: &PresenceRequest) -> Result<(), StatusCode> {
-        tracing::info!(kind = ?request.kind, rp_id = request.rp_id.as_deref().unwrap_or(""), mode = ?self.mode, "user presence requested");
+        // Debug, not info: the request line that follows says how it ended, and one log write per
+        // request is enough on the assertion path.
+        tracing::debug!(kind = ?request.kind, rp_id = request.rp_id.as_deref().unwrap_or(""), mode = ?self.mode, "user presence requested");
         if self.mode == PresenceMode::Deny {
             return Err(StatusCode::OperationDenied);
         }

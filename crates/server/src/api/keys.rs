@@ -44,6 +44,9 @@ pub trait CtapService: Send + Sync {
         actor: &'a str,
         request: Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CtapError>> + Send + 'a>>;
+
+    /// The organisation's settings changed: forget whatever of them is cached.
+    fn settings_changed(&self, _org_id: Uuid) {}
 }
 
 /// Admins reach keys through the API in registration-only mode (design.md invariant 1): the
@@ -71,6 +74,10 @@ impl CtapService for crate::keyops::KeyOps {
                     other => CtapError::Unavailable(other.to_string()),
                 })
         })
+    }
+
+    fn settings_changed(&self, org_id: Uuid) {
+        self.forget_settings(org_id);
     }
 }
 
@@ -279,15 +286,11 @@ async fn transition(
     )
     .await?;
     tx.commit().await?;
-    if let Some(hub) = &s.relay {
-        if to == "active" {
-            // The user's own pairing tools show the key again, on every replica.
-            hub.key_available(p.org_id, id).await?;
-        } else {
-            // The key disappears at once from every pairing tool showing it, on every replica.
-            hub.key_unavailable(p.org_id, id, &format!("key {to}"))
-                .await?;
-        }
+    if to != "active"
+        && let Some(hub) = &s.relay
+    {
+        // The key disappears at once from every pairing tool showing it, on every replica.
+        hub.key_unavailable(p.org_id, id, &format!("key {to}")).await?;
     }
     s.metrics.record_key_operation(action, "ok");
     let key = s

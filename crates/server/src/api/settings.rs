@@ -361,6 +361,11 @@ pub async fn put(
     )
     .await?;
     tx.commit().await?;
+    // This process's key operations use the new settings from their next operation on; other
+    // processes within `keyops::SETTINGS_TTL`.
+    if let Some(engine) = &s.ctap {
+        engine.settings_changed(p.org_id);
+    }
     let saved = s.store.org_settings(p.org_id).await?;
     Ok(axum::Json(to_view(&next, saved.as_ref())))
 }

@@ -119,7 +119,17 @@ struct Shared {
     /// Always taken before a key's slot, never after, so the two locks cannot deadlock.
     sqlite_writer: Option<tokio::sync::Mutex<()>>,
     epoch: Instant,
+    /// Each organisation's attestation setting as last read, and when: read again after
+    /// [`SETTINGS_TTL`], or at once after [`KeyOps::forget_settings`].
+    org_attestations: Mutex<HashMap<Uuid, CachedAttestation>>,
 }
+
+type CachedAttestation = (Instant, Option<Arc<crate::api::settings::OrgAttestation>>);
+
+/// How long a key operation may use an organisation's attestation setting without reading it
+/// again: a change saved through another process (the job runner's engine, another replica)
+/// applies within this time; one saved through this engine's own API applies at once.
+pub const SETTINGS_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl std::fmt::Debug for KeyOps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -329,6 +339,7 @@ impl KeyOps {
             slots: Mutex::new(HashMap::new()),
             sqlite_writer: sqlite.then(|| tokio::sync::Mutex::new(())),
             epoch: Instant::now(),
+            org_attestations: Mutex::new(HashMap::new()),
         });
         KeyOps {
             shared,
@@ -338,6 +349,53 @@ impl KeyOps {
 
     pub fn vault(&self) -> &Arc<Vault> {
         &self.shared.vault
+    }
+
+    /// Drops the cached settings of an organisation, so its next key operation reads them.
+    pub fn forget_settings(&self, org_id: Uuid) {
+        let mut cache = self
+            .shared
+            .org_attestations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        cache.remove(&org_id);
+    }
+
+    /// The organisation's attestation setting: read before the key is locked and outside any
+    /// batch (no database read happens while a key operation holds the write lock), and reused
+    /// for [`SETTINGS_TTL`] so a key operation costs no extra query.
+    async fn org_attestation(
+        &self,
+        org_id: Uuid,
+    ) -> Result<Option<Arc<crate::api::settings::OrgAttestation>>, KeyOpsError> {
+        {
+            let cache = self
+                .shared
+                .org_attestations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some((at, cached)) = cache.get(&org_id)
+                && at.elapsed() < SETTINGS_TTL
+            {
+                return Ok(cached.clone());
+            }
+        }
+        let read_at = Instant::now();
+        let fresh =
+            crate::api::settings::org_attestation(&self.shared.store, &self.shared.vault, org_id)
+                .await
+                .map_err(|e| match e {
+                    crate::api::settings::AttestationError::Store(e) => KeyOpsError::Store(e),
+                    crate::api::settings::AttestationError::Vault(e) => e.into(),
+                })?
+                .map(Arc::new);
+        let mut cache = self
+            .shared
+            .org_attestations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        cache.insert(org_id, (read_at, fresh.clone()));
+        Ok(fresh)
     }
 
     pub fn store(&self) -> &Store {
@@ -487,16 +545,7 @@ impl KeyOps {
         if request.is_empty() {
             return Err(KeyOpsError::InvalidRequest("empty CTAP request"));
         }
-        // Read before the key is locked and outside any batch: no database read happens while a
-        // key operation holds the write lock.
-        let attestation =
-            crate::api::settings::org_attestation(&self.shared.store, &self.shared.vault, org_id)
-                .await
-                .map_err(|e| match e {
-                    crate::api::settings::AttestationError::Store(e) => KeyOpsError::Store(e),
-                    crate::api::settings::AttestationError::Vault(e) => e.into(),
-                })?
-                .map(std::sync::Arc::new);
+        let attestation = self.org_attestation(org_id).await?;
         let op = Op {
             attestation,
             org_id,

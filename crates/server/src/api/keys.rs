@@ -286,11 +286,15 @@ async fn transition(
     )
     .await?;
     tx.commit().await?;
-    if to != "active"
-        && let Some(hub) = &s.relay
-    {
-        // The key disappears at once from every pairing tool showing it, on every replica.
-        hub.key_unavailable(p.org_id, id, &format!("key {to}")).await?;
+    if let Some(hub) = &s.relay {
+        if to == "active" {
+            // The user's own pairing tools show the key again, on every replica.
+            hub.key_available(p.org_id, id).await?;
+        } else {
+            // The key disappears at once from every pairing tool showing it, on every replica.
+            hub.key_unavailable(p.org_id, id, &format!("key {to}"))
+                .await?;
+        }
     }
     s.metrics.record_key_operation(action, "ok");
     let key = s

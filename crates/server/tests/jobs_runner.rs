@@ -10,11 +10,16 @@ use keyward_store::{JobItemRecord, JobRecord, NewUser, Store, testing};
 use serde_json::json;
 use uuid::Uuid;
 
+/// A user and the credential id an attempt's item carried as its intent.
+type Intent = (Uuid, Option<Vec<u8>>);
+
 /// What the scripted kind answers for a user, attempt by attempt (the last answer repeats).
 #[derive(Clone, Default)]
 struct Script {
     answers: Arc<Mutex<HashMap<Uuid, Vec<ItemOutcome>>>>,
     calls: Arc<Mutex<Vec<(Uuid, i32)>>>,
+    /// The intent each attempt arrived with.
+    intents: Arc<Mutex<Vec<Intent>>>,
     in_flight: Arc<Mutex<(usize, usize)>>,
     fail_start: Option<String>,
     delay: Duration,
@@ -52,6 +57,11 @@ impl JobRun for ScriptRun {
                 .lock()
                 .expect("lock")
                 .push((item.user_id, item.attempts));
+            self.0
+                .intents
+                .lock()
+                .expect("lock")
+                .push((item.user_id, item.intent_credential_id.clone()));
             tokio::time::sleep(self.0.delay).await;
             let out = {
                 let mut a = self.0.answers.lock().expect("lock");
@@ -270,15 +280,19 @@ async fn a_crashed_runners_items_are_resumed_with_their_attempts_and_intent() {
             calls.contains(&(users[0], 2)),
             "the interrupted item resumes as attempt 2"
         );
+        let intents = script.intents.lock().expect("lock").clone();
+        assert!(
+            intents.contains(&(users[0], Some(b"cred-1".to_vec()))),
+            "the resumed attempt gets the intent, to reconcile: {intents:?}"
+        );
         let it = store
             .job_item(job, users[0])
             .await
             .expect("item")
             .expect("exists");
         assert_eq!(
-            it.intent_credential_id.as_deref(),
-            Some(&b"cred-1"[..]),
-            "intent survives for reconciliation"
+            it.intent_credential_id, None,
+            "a done item has nothing left to reconcile"
         );
     }
 }

@@ -258,8 +258,9 @@ impl Tx {
         Ok(rec)
     }
 
-    /// Records that a credential was registered at an RP, and finishes the item in the same
-    /// transaction, so neither can exist without the other.
+    /// Records that a credential was registered at an RP. Callers finish the item
+    /// ([`Tx::finish_item`], which drops its intent) in the same transaction, so neither can
+    /// exist without the other.
     pub async fn insert_rp_registration(&mut self, r: &RpRegistration) -> Result<(), StoreError> {
         on_tx!(&mut self.inner, c => {
             sqlx::query(&format!("INSERT INTO rp_registrations ({REG_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -271,7 +272,8 @@ impl Tx {
         Ok(())
     }
 
-    /// Ends an item attempt in this transaction; see [`Store::finish_item`].
+    /// Ends an item attempt in this transaction; see [`Store::finish_item`]. A `done` item's
+    /// intent is cleared with it. Returns false (nothing changed) if the item was not running.
     pub async fn finish_item(
         &mut self,
         job_id: Uuid,
@@ -309,8 +311,10 @@ impl Tx {
         let done_inc = i32::from(state == item_state::DONE);
         let failed_inc = i32::from(state == item_state::FAILED);
         let changed = on_tx!(&mut self.inner, c => {
+            // A finished item has nothing left to reconcile: its intent (if any) is dropped with it.
             let n = sqlx::query("UPDATE job_items SET state = $1, error = $2, request_id = $3, not_before = $4, \
-                                 result = COALESCE($5, result), updated_at = $6 \
+                                 result = COALESCE($5, result), updated_at = $6, \
+                                 intent_credential_id = CASE WHEN $1 = 'done' THEN NULL ELSE intent_credential_id END \
                                  WHERE job_id = $7 AND user_id = $8 AND state = 'running'")
                 .bind(state).bind(error).bind(request_id).bind(not_before).bind(&result).bind(at)
                 .bind(job_id).bind(user_id)

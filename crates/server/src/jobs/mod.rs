@@ -39,6 +39,9 @@ pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum ItemOutcome {
     /// Finished; the value is shown on the item (never a secret in the clear).
     Done(Option<Value>),
+    /// Finished, and already recorded as `done` by the job kind in the transaction that wrote its
+    /// effect ([`keyward_store::Tx::finish_item`]): the runner has nothing left to write.
+    Recorded,
     /// Will not succeed by retrying: the reason is shown to the admin.
     Failed {
         reason: String,
@@ -394,7 +397,9 @@ impl JobRunner {
             return Ok(()); // cancelled meanwhile
         };
         let outcome = run.run_item(&item).await;
-        let finish = self.finish_for(&item, outcome, gate);
+        let Some(finish) = self.finish_for(&item, outcome, gate) else {
+            return Ok(()); // the job kind recorded the item with its effect
+        };
         self.store
             .finish_item(item.job_id, item.user_id, &finish)
             .await?;
@@ -406,13 +411,14 @@ impl JobRunner {
         item: &JobItemRecord,
         outcome: ItemOutcome,
         gate: &TenantGate,
-    ) -> ItemFinish {
+    ) -> Option<ItemFinish> {
         let later = |d: Duration| {
             keyward_store::now()
                 + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(60))
         };
-        match outcome {
+        Some(match outcome {
             ItemOutcome::Done(result) => ItemFinish::Done { result },
+            ItemOutcome::Recorded => return None,
             ItemOutcome::Failed { reason, request_id } => ItemFinish::Failed {
                 error: reason,
                 request_id,
@@ -455,8 +461,15 @@ impl JobRunner {
                     }
                 }
             }
-        }
+        })
     }
+}
+
+/// `KEYWARD_JOB_LEASE_SECS` (at least 2): how long a job stays claimed by a runner that stopped
+/// renewing it (a crashed replica) before another takes it over on PostgreSQL. Default 30 s.
+fn lease_from_env() -> Option<Duration> {
+    let secs: u64 = std::env::var("KEYWARD_JOB_LEASE_SECS").ok()?.parse().ok()?;
+    Some(Duration::from_secs(secs.max(2)))
 }
 
 /// Starts the runner a server needs: imports always, provisioning when key operations are
@@ -474,10 +487,13 @@ pub fn start(
         state.vault.clone(),
         keyward_authenticator::Config::new(state.aaguid),
     )));
-    let cfg = RunnerConfig {
+    let mut cfg = RunnerConfig {
         single_process: state.store.backend() == keyward_store::Backend::Sqlite,
         ..RunnerConfig::default()
     };
+    if let Some(lease) = lease_from_env() {
+        cfg.lease = lease;
+    }
     let mut runner = JobRunner::new(state.store.clone(), cfg);
     runner.register(Arc::new(ImportKind::new(DirectoryDeps {
         store: state.store.clone(),

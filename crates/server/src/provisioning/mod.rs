@@ -26,7 +26,9 @@ use keyward_authenticator::Policy;
 use keyward_entra::{
     ApiVersion, EntraError, ErrorKind, GraphClient, OurAuthenticator, Preflight, Registration,
 };
-use keyward_store::{DirectoryRecord, JobItemRecord, JobRecord, RpRegistration, Store, UserRecord};
+use keyward_store::{
+    DirectoryRecord, ItemFinish, JobItemRecord, JobRecord, RpRegistration, Store, UserRecord,
+};
 use keyward_vault::Vault;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -305,8 +307,11 @@ impl Run {
         Ok(())
     }
 
+    /// Records the registration and finishes the item `done` in one transaction (which also
+    /// drops the item's intent): the runner has nothing left to write.
     async fn record(
         &self,
+        item: &JobItemRecord,
         user: &UserRecord,
         key_id: Uuid,
         credential_id: &[u8],
@@ -336,10 +341,18 @@ impl Run {
         )
         .await
         .map_err(unavailable)?;
+        let result = json!({ "method_id": method_id, "credential_id": hex::encode(credential_id) });
+        tx.finish_item(
+            item.job_id,
+            item.user_id,
+            &ItemFinish::Done {
+                result: Some(result),
+            },
+        )
+        .await
+        .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(ItemOutcome::Done(Some(
-            json!({ "method_id": method_id, "credential_id": hex::encode(credential_id) }),
-        )))
+        Ok(ItemOutcome::Recorded)
     }
 
     async fn automated(
@@ -368,12 +381,7 @@ impl Run {
                     .iter()
                     .find(|m| m.display_name.as_deref() == Some(name.as_str()))
                 {
-                    let out = self.record(user, key_id, cid, &m.id).await?;
-                    store
-                        .set_item_intent(item.job_id, item.user_id, None)
-                        .await
-                        .map_err(unavailable)?;
-                    return Ok(out);
+                    return self.record(item, user, key_id, cid, &m.id).await;
                 }
                 // Graph never accepted it: drop it locally and start over.
                 self.drop_local(key_id, cid, "not registered in Entra")
@@ -470,14 +478,8 @@ impl Run {
             .await
         {
             Ok(method) => {
-                let out = self
-                    .record(user, key_id, &made.credential_id, &method.id)
-                    .await?;
-                store
-                    .set_item_intent(item.job_id, item.user_id, None)
+                self.record(item, user, key_id, &made.credential_id, &method.id)
                     .await
-                    .map_err(unavailable)?;
-                Ok(out)
             }
             // Ambiguous (the request may have reached Graph): keep the intent; the next attempt
             // reconciles by listing the user's passkeys.

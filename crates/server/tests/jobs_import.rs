@@ -14,6 +14,7 @@ use keyward_server::auth::Role;
 use keyward_server::directories::{DirectoryDeps, ImportKind};
 use keyward_server::jobs::{JobRunner, RunnerConfig};
 use keyward_store::UserFilter;
+use keyward_store::testing::{self, TestDb};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -103,13 +104,27 @@ async fn users(ctx: &Ctx, org: &Org) -> Vec<keyward_store::UserRecord> {
 
 #[tokio::test]
 async fn ten_thousand_users_import_then_delta_brings_only_the_changes() {
+    ten_thousand_users_on(testing::sqlite().await).await;
+}
+
+/// The same import on PostgreSQL (skipped loudly without `KEYWARD_TEST_POSTGRES_URL`, a failure
+/// under CI).
+#[tokio::test]
+async fn ten_thousand_users_import_then_delta_on_postgresql() {
+    if let Some(db) = testing::postgres().await {
+        ten_thousand_users_on(db).await;
+    }
+}
+
+async fn ten_thousand_users_on(db: TestDb) {
+    let backend = db.backend();
     let sim = keyward_graph_sim::spawn(SimConfig {
         users: 10_000,
         ..SimConfig::default()
     })
     .await
     .expect("sim");
-    let ctx = ctx(keyward_store::testing::sqlite().await).await;
+    let ctx = ctx(db).await;
     let org = org(&ctx, "Contoso").await;
     let runner = start_runner(&ctx);
     let secret = sim.control.simulator().config().client_secret.clone();
@@ -117,7 +132,10 @@ async fn ten_thousand_users_import_then_delta_brings_only_the_changes() {
 
     let started = std::time::Instant::now();
     let j = import(&ctx, &org, dir, None).await;
-    eprintln!("first import of 10,000 users: {:?}", started.elapsed());
+    eprintln!(
+        "{backend:?}: first import of 10,000 users: {:?}",
+        started.elapsed()
+    );
     assert_eq!(j["state"], "done", "{j}");
     assert_eq!(j["result"]["created"], 10_000, "{j}");
     assert_eq!(j["result"]["full"], true);
@@ -194,13 +212,19 @@ async fn ten_thousand_users_import_then_delta_brings_only_the_changes() {
 
 #[tokio::test]
 async fn a_wrong_secret_fails_the_import_clearly_and_writes_no_user() {
+    for db in testing::all().await {
+        a_wrong_secret_fails_the_import_clearly_and_writes_no_user_on(db).await;
+    }
+}
+
+async fn a_wrong_secret_fails_the_import_clearly_and_writes_no_user_on(db: TestDb) {
     let sim = keyward_graph_sim::spawn(SimConfig {
         users: 50,
         ..SimConfig::default()
     })
     .await
     .expect("sim");
-    let ctx = ctx(keyward_store::testing::sqlite().await).await;
+    let ctx = ctx(db).await;
     let org = org(&ctx, "Contoso").await;
     let runner = start_runner(&ctx);
     let dir = create_directory(&ctx, &org, &sim, "not-the-secret").await;
@@ -258,13 +282,21 @@ async fn a_wrong_secret_fails_the_import_clearly_and_writes_no_user() {
 
 #[tokio::test]
 async fn missing_permission_and_malformed_pages_fail_the_import_and_a_retry_recovers() {
+    for db in testing::all().await {
+        missing_permission_and_malformed_pages_fail_the_import_and_a_retry_recovers_on(db).await;
+    }
+}
+
+async fn missing_permission_and_malformed_pages_fail_the_import_and_a_retry_recovers_on(
+    db: TestDb,
+) {
     let sim = keyward_graph_sim::spawn(SimConfig {
         users: 30,
         ..SimConfig::default()
     })
     .await
     .expect("sim");
-    let ctx = ctx(keyward_store::testing::sqlite().await).await;
+    let ctx = ctx(db).await;
     let org = org(&ctx, "Contoso").await;
     let runner = start_runner(&ctx);
     let secret = sim.control.simulator().config().client_secret.clone();

@@ -36,8 +36,18 @@ impl Drop for Env {
     }
 }
 
+/// An environment on a fresh SQLite database.
 pub async fn env(sim: &RunningSim, per_bucket: usize) -> Env {
-    let ctx = ctx(keyward_store::testing::sqlite().await).await;
+    env_on(keyward_store::testing::sqlite().await, sim, per_bucket).await
+}
+
+/// An environment on the given test database (SQLite or PostgreSQL).
+pub async fn env_on(
+    db: keyward_store::testing::TestDb,
+    sim: &RunningSim,
+    per_bucket: usize,
+) -> Env {
+    let ctx = ctx(db).await;
     let org = org(&ctx, "Contoso").await;
     let keyops = Arc::new(KeyOps::new(
         ctx.state.store.clone(),

@@ -56,19 +56,6 @@ impl Store {
         let sql = format!("SELECT {BATCH_COLUMNS} FROM attestation_batches WHERE org_id = $1");
         Ok(on_pool!(&self.db, p => sqlx::query_as(&sql).bind(org_id).fetch_all(p).await?))
     }
-
-    pub async fn attestation_batch(
-        &self,
-        org_id: Uuid,
-        aaguid: &[u8],
-    ) -> Result<Option<AttestationBatchRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {BATCH_COLUMNS} FROM attestation_batches WHERE org_id = $1 AND aaguid = $2"
-        );
-        Ok(
-            on_pool!(&self.db, p => sqlx::query_as(&sql).bind(org_id).bind(aaguid).fetch_optional(p).await?),
-        )
-    }
 }
 
 impl Tx {

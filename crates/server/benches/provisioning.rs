@@ -194,7 +194,8 @@ async fn run_job(
         if matches!(j.state.as_str(), "done" | "failed" | "cancelled") {
             return j;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Slow enough not to weigh on the CPU figure (an admin's browser polls less often).
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -205,7 +206,6 @@ fn runner(
     per_bucket: usize,
 ) -> tokio::task::JoinHandle<()> {
     let cfg = RunnerConfig {
-        poll: Duration::from_millis(50),
         per_bucket,
         single_process: true,
         ..RunnerConfig::default()

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use keyward_store::{DirectoryRecord, Store};
-use keyward_vault::{KeyBinding, Uuid, Vault};
+use keyward_vault::{KeyBinding, Vault};
 
 /// What a rotation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,7 +231,7 @@ mod tests {
     use super::*;
     use keyward_store::NewUser;
     use keyward_store::testing;
-    use keyward_vault::KekSource;
+    use keyward_vault::{KekSource, Uuid};
 
     async fn key_rows(store: &Store, vault: &Vault, n: usize) -> Vec<(Uuid, Uuid)> {
         let mut tx = store.begin().await.expect("begin");

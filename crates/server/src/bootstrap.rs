@@ -88,13 +88,12 @@ pub async fn create_admin(
     Ok(admin)
 }
 
-/// Creates an API token for an admin and returns it (the only time it exists in the clear).
-pub async fn create_token(
+/// The one admin with this e-mail address, in the named organisation when one is given.
+async fn find_admin(
     store: &Store,
     org_name: Option<&str>,
     email: &str,
-    name: &str,
-) -> Result<String, BootstrapError> {
+) -> Result<keyward_store::AdminRecord, BootstrapError> {
     let org_id = match org_name {
         Some(n) => Some(
             store
@@ -106,11 +105,21 @@ pub async fn create_token(
         None => None,
     };
     let mut admins = store.admins_by_email(org_id, email).await?;
-    let admin = match admins.len() {
-        0 => return Err(BootstrapError::NoSuchAdmin(email.into())),
-        1 => admins.remove(0),
-        _ => return Err(BootstrapError::AmbiguousAdmin(email.into())),
-    };
+    match admins.len() {
+        0 => Err(BootstrapError::NoSuchAdmin(email.into())),
+        1 => Ok(admins.remove(0)),
+        _ => Err(BootstrapError::AmbiguousAdmin(email.into())),
+    }
+}
+
+/// Creates an API token for an admin and returns it (the only time it exists in the clear).
+pub async fn create_token(
+    store: &Store,
+    org_name: Option<&str>,
+    email: &str,
+    name: &str,
+) -> Result<String, BootstrapError> {
+    let admin = find_admin(store, org_name, email).await?;
     let role =
         Role::parse(&admin.role).ok_or_else(|| BootstrapError::Invalid("unknown role".into()))?;
     let p = Principal {
@@ -163,22 +172,7 @@ pub async fn login_link(
     email: &str,
     base_url: &str,
 ) -> Result<String, BootstrapError> {
-    let org_id = match org_name {
-        Some(n) => Some(
-            store
-                .organisation_by_name(n)
-                .await?
-                .ok_or_else(|| BootstrapError::NoSuchOrg(n.into()))?
-                .id,
-        ),
-        None => None,
-    };
-    let mut admins = store.admins_by_email(org_id, email).await?;
-    let admin = match admins.len() {
-        0 => return Err(BootstrapError::NoSuchAdmin(email.into())),
-        1 => admins.remove(0),
-        _ => return Err(BootstrapError::AmbiguousAdmin(email.into())),
-    };
+    let admin = find_admin(store, org_name, email).await?;
     if admin.disabled {
         return Err(BootstrapError::Invalid(format!(
             "the admin {email} is disabled"

@@ -66,6 +66,14 @@ pub struct JobItemRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl JobItemRecord {
+    /// The vault context of a manual-provisioning item's sealed Temporary Access Pass: bound to
+    /// the organisation, the job and the user.
+    pub fn tap_context(org_id: Uuid, job_id: Uuid, user_id: Uuid) -> String {
+        format!("tap/{org_id}/{job_id}/{user_id}")
+    }
+}
+
 /// How an item attempt ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ItemFinish {

@@ -25,6 +25,13 @@ pub struct OrgSettingsRecord {
     pub updated_by: Option<String>,
 }
 
+impl OrgSettingsRecord {
+    /// The vault context that binds the sealed attestation CA key to its organisation.
+    pub fn ca_key_context(org_id: Uuid) -> String {
+        format!("attestation/{org_id}/ca_key")
+    }
+}
+
 /// A batch attestation certificate for one AAGUID and its sealed private key.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AttestationBatchRecord {
@@ -33,6 +40,13 @@ pub struct AttestationBatchRecord {
     pub cert_der: Vec<u8>,
     pub key_sealed: Vec<u8>,
     pub created_at: DateTime<Utc>,
+}
+
+impl AttestationBatchRecord {
+    /// The vault context that binds a sealed batch key to its organisation and AAGUID.
+    pub fn key_context(org_id: Uuid, aaguid: &[u8]) -> String {
+        format!("attestation/{org_id}/{}/batch_key", hex::encode(aaguid))
+    }
 }
 
 const SETTINGS_COLUMNS: &str = "org_id, aaguid, attestation, min_pin_length, pin_policy, \

@@ -9,7 +9,7 @@
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use keyward_authenticator::{Attestation, AttestationKey};
-use keyward_store::{OrgSettingsRecord, Store, StoreError, Tx};
+use keyward_store::{AttestationBatchRecord, OrgSettingsRecord, Store, StoreError, Tx};
 use keyward_vault::Vault;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -91,14 +91,6 @@ pub async fn effective_in(
     })
 }
 
-fn ca_key_context(org_id: Uuid) -> String {
-    format!("attestation/{org_id}/ca_key")
-}
-
-fn batch_key_context(org_id: Uuid, aaguid: &[u8]) -> String {
-    format!("attestation/{org_id}/{}/batch_key", hex::encode(aaguid))
-}
-
 /// Why a key's attestation could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum AttestationError {
@@ -151,7 +143,10 @@ pub async fn org_attestation(
     }
     let mut batches = Vec::new();
     for b in store.attestation_batches(org_id).await? {
-        let pkcs8_der = vault.open_secret(&batch_key_context(org_id, &b.aaguid), &b.key_sealed)?;
+        let pkcs8_der = vault.open_secret(
+            &AttestationBatchRecord::key_context(org_id, &b.aaguid),
+            &b.key_sealed,
+        )?;
         batches.push((
             b.aaguid,
             AttestationKey {
@@ -379,7 +374,9 @@ async fn prepare_packed(s: &AppState, tx: &mut Tx, rec: &mut OrgSettingsRecord) 
     let org_id = rec.org_id;
     let ca = match (&rec.attestation_ca_cert, &rec.attestation_ca_key_sealed) {
         (Some(cert), Some(sealed)) => {
-            let key = s.vault.open_secret(&ca_key_context(org_id), sealed)?;
+            let key = s
+                .vault
+                .open_secret(&OrgSettingsRecord::ca_key_context(org_id), sealed)?;
             AttestationCa {
                 cert_der: cert.clone(),
                 cert_pem: pem(cert),
@@ -390,7 +387,7 @@ async fn prepare_packed(s: &AppState, tx: &mut Tx, rec: &mut OrgSettingsRecord) 
             let ca = generate_ca(ATTESTATION_ORGANISATION).map_err(internal)?;
             rec.attestation_ca_key_sealed = Some(
                 s.vault
-                    .seal_secret(&ca_key_context(org_id), &ca.pkcs8_der)?,
+                    .seal_secret(&OrgSettingsRecord::ca_key_context(org_id), &ca.pkcs8_der)?,
             );
             rec.attestation_ca_cert = Some(ca.cert_der.clone());
             ca
@@ -413,9 +410,10 @@ async fn prepare_packed(s: &AppState, tx: &mut Tx, rec: &mut OrgSettingsRecord) 
             .cert_chain_der
             .first()
             .ok_or_else(|| ApiError::Internal("empty attestation chain".into()))?;
-        let sealed = s
-            .vault
-            .seal_secret(&batch_key_context(org_id, &aaguid), &batch.pkcs8_der)?;
+        let sealed = s.vault.seal_secret(
+            &AttestationBatchRecord::key_context(org_id, &aaguid),
+            &batch.pkcs8_der,
+        )?;
         tx.insert_attestation_batch(org_id, &aaguid, cert, &sealed)
             .await?;
     }

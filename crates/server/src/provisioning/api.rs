@@ -4,14 +4,14 @@
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use keyward_store::{UserRecord, item_state};
+use keyward_store::{JobItemRecord, UserRecord, item_state};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use super::manual::{instructions, tap_context};
+use super::manual::instructions;
 use super::{PROVISION_KIND, RP_MICROSOFT};
 use crate::api::{AppState, Json};
 use crate::auth::Principal;
@@ -172,9 +172,10 @@ pub async fn reveal_tap(
         sealed.as_bytes(),
     )
     .map_err(|_| ApiError::Internal("stored pass is not base64".into()))?;
-    let pass = s
-        .vault
-        .open_secret(&tap_context(p.org_id, job_id, user_id), &blob)?;
+    let pass = s.vault.open_secret(
+        &JobItemRecord::tap_context(p.org_id, job_id, user_id),
+        &blob,
+    )?;
     let pass = Zeroizing::new(
         String::from_utf8(pass.to_vec())
             .map_err(|_| ApiError::Internal("stored pass is not text".into()))?,

@@ -9,7 +9,6 @@ use base64::engine::general_purpose::STANDARD;
 use keyward_entra::TapRequest;
 use keyward_store::{JobItemRecord, UserRecord};
 use serde_json::json;
-use uuid::Uuid;
 
 use super::{Run, outcome_of, unavailable};
 use crate::jobs::ItemOutcome;
@@ -17,11 +16,6 @@ use crate::jobs::ItemOutcome;
 /// How long a pass lasts: long enough to connect the pairing tool and sign in, short enough to
 /// be worthless soon after.
 pub const TAP_LIFETIME_MINUTES: u32 = 60;
-
-/// The vault context of a sealed pass: bound to the job and the user.
-pub fn tap_context(org_id: Uuid, job_id: Uuid, user_id: Uuid) -> String {
-    format!("tap/{org_id}/{job_id}/{user_id}")
-}
 
 /// Step-by-step instructions shown with the pass.
 pub fn instructions(upn: &str) -> Vec<String> {
@@ -50,7 +44,7 @@ pub(super) async fn run(
         .create_temporary_access_pass(graph_user, &req)
         .await
         .map_err(|e| outcome_of(&e))?;
-    let context = tap_context(run.job.org_id, item.job_id, item.user_id);
+    let context = JobItemRecord::tap_context(run.job.org_id, item.job_id, item.user_id);
     let sealed = run
         .deps
         .vault

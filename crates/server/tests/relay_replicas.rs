@@ -1,9 +1,11 @@
 //! Several `keyward serve` replicas on one PostgreSQL database: a pairing tool connected to
 //! replica A follows what admins do through replica B — connect, disconnect, key revocation, the
 //! admin's logout, expiry, device revocation — within a second, through LISTEN/NOTIFY; a replica
-//! whose LISTEN connection drops re-reads the state from the database; a replica that stopped
-//! heartbeating does not look online. PostgreSQL only (SQLite is one process); skipped loudly
-//! without KEYWARD_TEST_POSTGRES_URL, failing under CI.
+//! whose LISTEN connection drops re-reads the state from the database; Connect through B reports
+//! success only once the replica holding the tool acknowledged showing the key, so a replica
+//! killed within its lease gets a prompt "did not answer" and leaves no session; a replica that
+//! stopped heartbeating stops looking online after its lease. PostgreSQL only (SQLite is one
+//! process); skipped loudly without KEYWARD_TEST_POSTGRES_URL, failing under CI.
 
 mod api_common;
 mod relay_common;
@@ -14,6 +16,7 @@ use axum::http::{Method, StatusCode};
 use keyward_pair::protocol::{ErrorCode, ServerMessage};
 use keyward_pair::relay::{RelayError, RelayEvent};
 use keyward_server::auth::Role;
+use keyward_server::relay::AttachOutcome;
 use keyward_server::relay::protocol::SessionMode;
 use keyward_store::{NewDelegatedSession, Store, testing};
 use relay_common::{Replica, admin_tool, ctap, next_event, next_message, replica};
@@ -206,11 +209,13 @@ async fn a_tool_on_replica_a_follows_what_admins_do_through_replica_b() {
         registration_only: true,
         expires_at: Some(expires_at),
     };
-    assert!(
+    assert_eq!(
         c.b.hub()
             .attach(tool.device_id, attached, SessionMode::Delegated)
             .await
-            .expect("notify")
+            .expect("notify"),
+        AttachOutcome::Shown,
+        "A acknowledges the attach"
     );
     assert_eq!(expect_attach(&mut tool, k3).await, s4.id);
     let reason = expect_detach(&mut tool, s4.id, Duration::from_millis(1500) + WITHIN).await;
@@ -322,12 +327,12 @@ async fn a_replica_that_lost_its_listen_connection_rereads_the_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_replica_that_stopped_heartbeating_does_not_look_online() {
+async fn a_dead_replica_takes_no_connect_and_stops_looking_online() {
     let Some(c) = cluster().await else { return };
     let token = c.org.tokens[&Role::Admin].clone();
     let (u1, _) = api_common::user_with_key(&c.ctx, &c.org, "u1@alpha.test").await;
-    // The admin's tool is registered but its only connection was claimed by a replica that died
-    // a minute ago without cleaning up.
+    // The admin's tool is registered but its only connection was claimed by a replica that was
+    // just killed (kill -9): its heartbeat is fresh, its presence row stands, nobody listens as it.
     let tool = admin_tool(&c.b, &token, &c.a).await;
     drop(tool); // closes the real connection; A releases its presence row
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -348,10 +353,65 @@ async fn a_replica_that_stopped_heartbeating_does_not_look_online() {
         .expect("device");
     store.relay_heartbeat(dead).await.expect("replica row");
     store.relay_claim(&device, dead).await.expect("claim");
-    // Within its lease the dead replica still looks online (the session starts; nobody shows it,
-    // and it ends when the admin disconnects or it expires)...
+    // Within its lease the dead replica still looks online, but nobody acknowledges the attach:
+    // Connect answers that the tool's server did not answer, within the acknowledgement timeout,
+    // and leaves no live session behind.
+    let started = std::time::Instant::now();
     let (status, body) = connect_through(&c.b, &token, u1).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let took = started.elapsed();
+    eprintln!("connect through B to a tool on a dead replica answered in {took:?}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let detail = body["detail"].as_str().unwrap_or("");
+    assert!(detail.contains("did not answer"), "{body}");
+    assert!(
+        took >= keyward_server::relay::cluster::ATTACH_ACK_TIMEOUT
+            && took < keyward_server::relay::cluster::ATTACH_ACK_TIMEOUT + Duration::from_secs(1),
+        "answered after the acknowledgement timeout, not a lease later: {took:?}"
+    );
+    let open = store
+        .open_delegated_sessions_of_device(device_id)
+        .await
+        .expect("db");
+    assert!(open.is_empty(), "no live session is left: {open:?}");
+    let failed = relay_common::audit(store, c.org.id, "relay.connect_failed").await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].target, format!("user:{u1}"));
+    assert_eq!(
+        failed[0].detail["reason"], "the tool's server did not answer",
+        "{failed:?}"
+    );
+    // Manual provisioning's connection gets the same truthful answer: `tool_offline`.
+    let admin = store
+        .admin(device.admin_id.expect("an admin's device"))
+        .await
+        .expect("db")
+        .expect("admin");
+    let principal = keyward_server::auth::Principal {
+        admin_id: admin.id,
+        org_id: c.org.id,
+        role: Role::Admin,
+        email: admin.email,
+    };
+    let outcome =
+        keyward_server::relay::api::try_start_delegated_session(&c.b.state, &principal, u1)
+            .await
+            .expect("an answer, not an error");
+    assert_eq!(outcome.status, "tool_offline", "{outcome:?}");
+    assert!(outcome.detail.contains("did not answer"), "{outcome:?}");
+    assert!(outcome.session_id.is_none());
+    assert!(
+        store
+            .open_delegated_sessions_of_device(device_id)
+            .await
+            .expect("db")
+            .is_empty()
+    );
+    assert_eq!(
+        relay_common::audit(store, c.org.id, "relay.connect_failed")
+            .await
+            .len(),
+        2
+    );
     {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&c.ctx.db.url)

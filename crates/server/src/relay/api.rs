@@ -16,7 +16,9 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use keyward_store::{DeviceOwner, NewDelegatedSession, StoreError, UserPatch};
+use keyward_store::{
+    DelegatedSessionRecord, DeviceOwner, NewDelegatedSession, StoreError, UserPatch,
+};
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -26,9 +28,10 @@ use super::protocol::{
     ActivateRequest, DeviceRegistered, ErrorCode, Principal as WirePrincipal,
     RegisterDeviceRequest, SessionMode,
 };
-use super::{Attached, RelayHub};
+use super::{AttachOutcome, Attached, RelayHub};
+use crate::api::Permission;
 use crate::api::{AppState, IdPath, Json};
-use crate::auth::{Principal, secret_hash};
+use crate::auth::{Principal, Role, secret_hash};
 use crate::error::{ApiError, ApiResult, Problem};
 
 /// An uncompressed SEC1 P-256 point: 0x04 ‖ x ‖ y.
@@ -264,16 +267,50 @@ pub async fn start_delegated_session(
         registration_only: true,
         expires_at: Some(expires_at),
     };
-    if !hub
-        .attach(device_id, attached, SessionMode::Delegated)
-        .await?
-    {
-        // The tool went away between the presence check and now: end the session at once.
+    // Disabled (or demoted) while this request ran: the update ended the admin's sessions before
+    // this one was written, so it is ended here instead and the key is never shown.
+    let still_allowed = hub.store.admin(p.admin_id).await?.is_some_and(|a| {
+        !a.disabled && Role::parse(&a.role).is_some_and(|r| Permission::UseKeys.allows(r))
+    });
+    let why = if !still_allowed {
+        Some(("admin disabled", ApiError::Forbidden))
+    } else {
+        match hub
+            .attach(device_id, attached, SessionMode::Delegated)
+            .await?
+        {
+            AttachOutcome::Shown => None,
+            // The tool went away between the presence check and now.
+            AttachOutcome::NotConnected => {
+                Some(("tool offline", ApiError::Conflict(NOT_ONLINE.into())))
+            }
+            // The replica holding the tool did not acknowledge: killed (its lease has not run
+            // out) or stalled. Nobody shows the key, so it must not look connected.
+            AttachOutcome::NoAnswer => Some((
+                "the tool's server did not answer",
+                ApiError::Conflict(NO_ANSWER.into()),
+            )),
+        }
+    };
+    if let Some((reason, answer)) = why {
         let mut tx = hub.store.begin().await?;
-        tx.end_delegated_session(p.org_id, session.id, "tool offline")
+        let ended = tx
+            .end_delegated_session(p.org_id, session.id, reason)
             .await?;
+        if !ended.is_empty() {
+            tx.append_audit(
+                p.org_id,
+                &p.actor(),
+                "relay.connect_failed",
+                &format!("user:{user_id}"),
+                json!({"session_id": session.id, "device_id": device_id, "reason": reason}),
+            )
+            .await?;
+        }
         tx.commit().await?;
-        return Err(ApiError::Conflict(NOT_ONLINE.into()));
+        // A replica that answers late must not go on showing the ended session.
+        hub.detach(device_id, session.id, "ended").await?;
+        return Err(answer);
     }
     Ok(ConnectSession {
         session_id: session.id,
@@ -319,6 +356,7 @@ pub async fn try_start_delegated_session(
             "tool_offline",
             "your keyward-pair is not connected: run `keyward-pair run`, then press Connect on the user's page".into(),
         )),
+        Err(ApiError::Conflict(m)) if m == NO_ANSWER => Ok(not("tool_offline", m)),
         Err(ApiError::Conflict(m)) => Ok(not("not_started", m)),
         Err(ApiError::NotImplemented(m)) => Ok(not("not_started", m)),
         Err(e) => Err(e),
@@ -327,6 +365,10 @@ pub async fn try_start_delegated_session(
 
 /// Why a connection cannot start: the admin's tool is not connected to any replica.
 pub const NOT_ONLINE: &str = "your keyward-pair is not connected: run `keyward-pair run` first";
+/// Why a connection cannot start: the server replica holding the admin's tool did not confirm
+/// showing the key (it stopped or stalled); the tool reconnects to a live replica by itself.
+pub const NO_ANSWER: &str = "the server your keyward-pair is connected to did not answer: \
+     it may have stopped; keyward-pair reconnects by itself, press Connect again in a few seconds";
 
 /// Ends the delegated sessions on a user's key; the key disappears from the tool at once.
 #[utoipa::path(delete, path = "/api/v1/users/{id}/connect", params(("id" = Uuid, Path)),
@@ -461,6 +503,29 @@ pub async fn end_admin_sessions(
     }
     Ok(())
 }
+
+/// An admin was disabled or moved to a role that may not use keys, in a transaction that ended
+/// their delegated sessions (`ended`): each session's key leaves its tool, on whichever replica,
+/// and the admin's `tools` (when disabled) are closed; they are refused at login while the admin
+/// stays disabled.
+pub async fn admin_lost_access(
+    hub: &RelayHub,
+    ended: &[DelegatedSessionRecord],
+    tools: &[Uuid],
+    reason: &str,
+) -> Result<(), StoreError> {
+    for r in ended {
+        hub.detach(r.device_id, r.id, reason).await?;
+    }
+    for device_id in tools {
+        hub.disconnect_device(*device_id, ErrorCode::Revoked, OWNER_DISABLED)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Why a disabled admin's pairing tool is closed or refused.
+pub const OWNER_DISABLED: &str = "the device's owner is no longer active";
 
 /// Revokes a device (logout, or an admin's revocation), ending its sessions and its connection.
 pub async fn revoke_device(

@@ -33,6 +33,12 @@ const PRUNE_AFTER: Duration = Duration::from_secs(60);
 /// Every tool's state is re-read from the database this often, in case a notification was lost
 /// in a way the listener could not notice.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// How long a replica waits for the replica holding a tool to acknowledge an attach before it
+/// tells the admin the tool's server did not answer (and ends the session). A healthy round trip
+/// is two notifications and one read, a few milliseconds; the rest is room for a busy database.
+/// It bounds Connect's answer when the presence rows name a replica that was killed but whose
+/// lease ([`PRESENCE_LEASE`]) has not run out yet.
+pub const ATTACH_ACK_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// What one replica asks the others to do. Ids only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +50,8 @@ pub enum Notice {
         org_id: Uuid,
         session_id: Uuid,
     },
+    /// The sending replica now shows this session on the device (the answer to `Attach`).
+    Attached { device_id: Uuid, session_id: Uuid },
     /// Remove this session's key from the device.
     Detach {
         device_id: Uuid,
@@ -245,8 +253,22 @@ async fn handle(hub: &Arc<RelayHub>, payload: &str) {
                 registration_only: true,
                 expires_at: Some(s.expires_at),
             };
-            hub.attach_local(device_id, a, SessionMode::Delegated).await;
+            if hub.attach_local(device_id, a, SessionMode::Delegated).await
+                && let Err(e) = notify(
+                    &hub.store,
+                    hub.replica_id,
+                    &Notice::Attached {
+                        device_id,
+                        session_id,
+                    },
+                )
+                .await
+            {
+                // The other replica times out, ends the session and tells us to detach it.
+                tracing::warn!(error = %e, %device_id, "could not acknowledge an attach");
+            }
         }
+        Notice::Attached { session_id, .. } => hub.acknowledged(session_id),
         Notice::Detach {
             device_id,
             session_id,
@@ -273,9 +295,9 @@ async fn handle(hub: &Arc<RelayHub>, payload: &str) {
     }
 }
 
-/// Makes every tool connected here show what the database says it should: revoked devices are
-/// closed, ended or expired sessions detached, a session started while a notification was lost
-/// attached, a user's key that stopped being active removed.
+/// Makes every tool connected here show what the database says it should: revoked devices and
+/// disabled admins' devices are closed, ended or expired sessions detached, a session started
+/// while a notification was lost attached, a user's key that stopped being active removed.
 pub(super) async fn resync(hub: &Arc<RelayHub>) {
     let snapshot: Vec<(Uuid, DeviceOwner, String, Option<Attached>)> = hub
         .conns()
@@ -292,7 +314,15 @@ pub(super) async fn resync(hub: &Arc<RelayHub>) {
             continue;
         };
         match owner {
-            DeviceOwner::Admin(_) => {
+            DeviceOwner::Admin(admin_id) => {
+                let Ok(admin) = hub.store.admin(admin_id).await else {
+                    return;
+                };
+                if admin.is_none_or(|a| a.disabled) {
+                    // The notification closing it was lost; it is refused at login anyway.
+                    hub.disconnect_local(device_id, ErrorCode::Revoked, super::api::OWNER_DISABLED);
+                    continue;
+                }
                 let want = live_delegated(hub, &device, &actor).await;
                 let have = attached.as_ref().map(|a| a.session_id);
                 if want.as_ref().map(|a| a.session_id) == have {

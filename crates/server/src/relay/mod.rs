@@ -130,6 +130,21 @@ pub struct RelayHub {
     cluster: bool,
     /// Set once this replica listens for other replicas' notifications.
     listening: tokio::sync::watch::Sender<bool>,
+    /// Attaches sent to another replica and awaiting its acknowledgement, by session id.
+    pending_acks: Mutex<HashMap<Uuid, tokio::sync::oneshot::Sender<()>>>,
+}
+
+/// What became of a request to show a delegated session's key on a tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// The tool shows the key: attached here, or acknowledged by the replica holding the tool.
+    Shown,
+    /// The tool is connected to no replica (on SQLite: not to this process).
+    NotConnected,
+    /// The replica that the presence rows name for the tool did not acknowledge within
+    /// [`cluster::ATTACH_ACK_TIMEOUT`]: it died (its lease has not run out yet), stalled, or no
+    /// longer holds the tool.
+    NoAnswer,
 }
 
 impl RelayHub {
@@ -146,6 +161,7 @@ impl RelayHub {
             replica_id: Uuid::now_v7(),
             cluster,
             listening: tokio::sync::watch::Sender::new(!cluster),
+            pending_acks: Mutex::new(HashMap::new()),
         });
         if cluster {
             cluster::start(&hub);
@@ -208,28 +224,63 @@ impl RelayHub {
         self.conns().len()
     }
 
-    /// Shows a delegated session's key on a device's tool, wherever the tool is connected: here,
-    /// or through a notification to the replica holding it (which re-reads the session from the
-    /// database). `false` if the tool is connected nowhere.
+    /// Shows a delegated session's key on a device's tool, wherever the tool is connected: here
+    /// (at once), or through a notification to the replica holding it, which re-reads the session
+    /// from the database, shows it and acknowledges; [`AttachOutcome::Shown`] only then. Without
+    /// the acknowledgement within [`cluster::ATTACH_ACK_TIMEOUT`] the answer is
+    /// [`AttachOutcome::NoAnswer`] and the caller ends the session.
     pub async fn attach(
         self: &Arc<Self>,
         device_id: Uuid,
         attached: Attached,
         mode: SessionMode,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<AttachOutcome, StoreError> {
         if self.is_local(device_id) {
-            return Ok(self.attach_local(device_id, attached, mode).await);
+            return Ok(if self.attach_local(device_id, attached, mode).await {
+                AttachOutcome::Shown
+            } else {
+                AttachOutcome::NotConnected
+            });
         }
         if !self.cluster {
-            return Ok(false);
+            return Ok(AttachOutcome::NotConnected);
         }
-        self.notify(&cluster::Notice::Attach {
-            device_id,
-            org_id: attached.org_id,
-            session_id: attached.session_id,
+        let session_id = attached.session_id;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Registered before the notification goes out, so that even an immediate answer is heard.
+        self.acks().insert(session_id, tx);
+        let sent = self
+            .notify(&cluster::Notice::Attach {
+                device_id,
+                org_id: attached.org_id,
+                session_id,
+            })
+            .await;
+        let acked = match sent {
+            Ok(()) => matches!(
+                tokio::time::timeout(cluster::ATTACH_ACK_TIMEOUT, rx).await,
+                Ok(Ok(()))
+            ),
+            Err(_) => false,
+        };
+        self.acks().remove(&session_id);
+        sent?;
+        Ok(if acked {
+            AttachOutcome::Shown
+        } else {
+            AttachOutcome::NoAnswer
         })
-        .await?;
-        Ok(true)
+    }
+
+    fn acks(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, tokio::sync::oneshot::Sender<()>>> {
+        self.pending_acks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Another replica showed `session_id` on its tool: wakes the [`Self::attach`] waiting for it.
+    fn acknowledged(&self, session_id: Uuid) {
+        if let Some(tx) = self.acks().remove(&session_id) {
+            let _ = tx.send(());
+        }
     }
 
     /// Shows `attached` on a tool connected to this replica (a power cycle of that key), and
@@ -621,12 +672,7 @@ async fn serve_connection(hub: Arc<RelayHub>, mut ws: WebSocket) -> Result<(), S
     let (principal, actor) = match principal_of(&hub.store, &device).await {
         Ok(p) => p,
         Err(e) => {
-            let _ = refuse(
-                &mut ws,
-                ErrorCode::Revoked,
-                "the device's owner is no longer active",
-            )
-            .await;
+            let _ = refuse(&mut ws, ErrorCode::Revoked, api::OWNER_DISABLED).await;
             return Err(e);
         }
     };

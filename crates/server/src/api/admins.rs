@@ -164,15 +164,57 @@ pub async fn update(
     }
     tx.update_admin(p.org_id, id, req.role.map(Role::as_str), req.disabled)
         .await?;
+    // A disabled admin, or one whose new role may not use keys, loses their delegated sessions
+    // in this transaction (the store also drops a disabled admin's cookie sessions and API
+    // tokens); a disabled admin's pairing tools are closed too. Re-enabling restores none of it.
+    let disabled_after = req.disabled.unwrap_or(target.disabled);
+    let role_after = match req.role {
+        Some(r) => Some(r),
+        None => Role::parse(&target.role),
+    };
+    let may_connect =
+        !disabled_after && role_after.is_some_and(|r| super::Permission::UseKeys.allows(r));
+    let reason = if disabled_after {
+        "admin disabled"
+    } else {
+        "admin's role may not use keys"
+    };
+    let ended = if may_connect {
+        Vec::new()
+    } else {
+        tx.end_delegated_sessions_of_admin(p.org_id, id, reason)
+            .await?
+    };
+    let tools: Vec<Uuid> = if disabled_after {
+        s.store
+            .pair_devices_of_admin(p.org_id, id)
+            .await?
+            .into_iter()
+            .filter(|d| d.revoked_at.is_none())
+            .map(|d| d.id)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut detail = json!({"role": req.role.map(Role::as_str), "disabled": req.disabled});
+    if !ended.is_empty() {
+        detail["sessions_ended"] = json!(ended.iter().map(|r| r.id).collect::<Vec<_>>());
+    }
+    if !tools.is_empty() {
+        detail["tools_closed"] = json!(tools);
+    }
     tx.append_audit(
         p.org_id,
         &p.actor(),
         "admin.update",
         &format!("admin:{id}"),
-        json!({"role": req.role.map(Role::as_str), "disabled": req.disabled}),
+        detail,
     )
     .await?;
     tx.commit().await?;
+    if let Some(hub) = &s.relay {
+        crate::relay::api::admin_lost_access(hub, &ended, &tools, reason).await?;
+    }
     let admin = s.store.admin(id).await?.ok_or(ApiError::NotFound)?;
     Ok(axum::Json(admin.try_into()?))
 }

@@ -130,3 +130,41 @@ def test_a_tool_that_stopped_is_offline_for_every_replica(replicas, tmp_path):
         assert time.time() < deadline, (status, problem)
         time.sleep(0.1)
     assert "keyward-pair" in problem["detail"]
+
+
+def test_connect_to_a_tool_on_a_killed_replica_says_so_at_once(replicas, tmp_path):
+    """Replica A is killed (-9) while it holds the admin's tool: for up to one presence lease its
+    rows still look fresh, but Connect through B must not claim success. It answers within about
+    the acknowledgement timeout that the tool's server did not answer, and leaves no session."""
+    a, b, token = replicas
+    api_b = Api(b.base, token)
+    status, user = api_b.call("POST", "/users", {"upn": "dave@replico.test"})
+    assert status == 201, user
+    assert api_b.call("POST", f"/users/{user['id']}/key")[0] == 201
+    tool = PairTool(tmp_path / "pair-admin", a.base)
+    assert tool.cmd("login", "--server", a.base, "--token-stdin", stdin=token + "\n").returncode == 0
+    tool.run()
+    try:
+        tool.wait_for("connected as admin")
+        assert a.proc is not None
+        a.proc.kill()  # SIGKILL: no cleanup, presence rows and heartbeat left as they were
+        a.proc.wait()
+        status, devices = api_b.call("GET", "/pair/devices")
+        assert status == 200 and [d["online"] for d in devices["items"]] == [True], \
+            "within the lease the killed replica's tool still looks online"
+        started = time.monotonic()
+        status, problem = api_b.call("POST", f"/users/{user['id']}/connect")
+        took = time.monotonic() - started
+        print(f"connect through B to a tool on killed replica A answered {status} in {took:.3f} s")
+        assert status == 409, problem
+        assert "did not answer" in problem["detail"], problem
+        assert took < 3.0, took
+        status, audit = api_b.call("GET", "/audit?action=relay.connect_failed")
+        assert status == 200, audit
+        assert [e["target"] for e in audit["items"]] == [f"user:{user['id']}"], audit
+        # No session was left behind: Disconnect has nothing to end (no relay.disconnect entry).
+        assert api_b.call("DELETE", f"/users/{user['id']}/connect")[0] == 204
+        status, audit = api_b.call("GET", "/audit?action=relay.disconnect")
+        assert status == 200 and audit["items"] == [], audit
+    finally:
+        tool.stop()

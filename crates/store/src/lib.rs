@@ -16,6 +16,7 @@ mod directories;
 mod jobs;
 mod keys;
 mod pairing;
+mod rotation;
 mod settings;
 mod users;
 
@@ -46,6 +47,7 @@ pub use keys::{
 pub use pairing::{
     DelegatedSessionRecord, DeviceOwner, NewDelegatedSession, PairDeviceRecord, RelayListener,
 };
+pub use rotation::{SealedKind, SealedRow, SealedValue};
 pub use settings::{AttestationBatchRecord, OrgSettingsRecord};
 pub use users::{ActivationCodeRecord, NewUser, UserFilter, UserPatch, UserRecord};
 

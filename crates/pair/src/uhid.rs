@@ -192,7 +192,138 @@ mod tests {
         e[4..4 + data.len()].copy_from_slice(data);
         e[4 + 4096..4 + 4098]
             .copy_from_slice(&u16::try_from(data.len()).expect("len").to_ne_bytes());
+        e[4 + 4098] = UHID_OUTPUT_REPORT;
         e
+    }
+
+    // Kernel ABI facts, from include/uapi/linux/uhid.h (all structures `__packed__`):
+    // `enum uhid_event_type` counts from 0: __UHID_LEGACY_CREATE, UHID_DESTROY, UHID_START,
+    // UHID_STOP, UHID_OPEN, UHID_CLOSE, UHID_OUTPUT, __UHID_LEGACY_OUTPUT_EV, __UHID_LEGACY_INPUT,
+    // UHID_GET_REPORT, UHID_GET_REPORT_REPLY, UHID_CREATE2, UHID_INPUT2, ...;
+    // `struct uhid_event { __u32 type; union { ... } u; }`;
+    // `uhid_create2_req { name[128]; phys[64]; uniq[64]; __u16 rd_size; __u16 bus; __u32 vendor,
+    // product, version, country; __u8 rd_data[HID_MAX_DESCRIPTOR_SIZE = 4096]; }`;
+    // `uhid_input2_req { __u16 size; __u8 data[UHID_DATA_MAX = 4096]; }`;
+    // `uhid_output_req { __u8 data[4096]; __u16 size; __u8 rtype; }` with
+    // `enum uhid_report_type { UHID_FEATURE_REPORT, UHID_OUTPUT_REPORT, UHID_INPUT_REPORT }`;
+    // `uhid_start_req { __u64 dev_flags; }`. The kernel sends START, STOP, OPEN and CLOSE to the
+    // device; they carry no report.
+    const UHID_START: u32 = 2;
+    const UHID_STOP: u32 = 3;
+    const UHID_OPEN: u32 = 4;
+    const UHID_CLOSE: u32 = 5;
+    const UHID_OUTPUT_REPORT: u8 = 1;
+    /// `UHID_DEV_NUMBERED_FEATURE_REPORTS | UHID_DEV_NUMBERED_OUTPUT_REPORTS | ..._INPUT_REPORTS`.
+    const ALL_DEV_FLAGS: u64 = 0b111;
+
+    #[test]
+    fn event_type_numbers_match_the_kernel_enum() {
+        assert_eq!(UHID_DESTROY, 1);
+        assert_eq!(UHID_OUTPUT, 6);
+        assert_eq!(UHID_CREATE2, 11);
+        assert_eq!(UHID_INPUT2, 12);
+        assert_eq!(UHID_DATA_MAX, 4096);
+        assert_eq!(&destroy_event()[..4], &1u32.to_ne_bytes());
+        assert_eq!(destroy_event().len(), UHID_EVENT_SIZE);
+    }
+
+    #[test]
+    fn create2_fields_sit_at_the_kernel_offsets() {
+        let e = create2_event("Keyward");
+        assert_eq!(e.len(), 4 + 4372, "type + sizeof(struct uhid_create2_req)");
+        // name 4..132, phys 132..196, uniq 196..260: only the name is set.
+        assert!(e[4 + 7..132].iter().all(|&b| b == 0), "name is NUL-padded");
+        assert!(e[132..260].iter().all(|&b| b == 0), "phys and uniq empty");
+        let u32_at = |at: usize| u32::from_ne_bytes(e[at..at + 4].try_into().expect("4 bytes"));
+        assert_eq!(u32_at(264), 0xffff, "vendor");
+        assert_eq!(u32_at(268), 0xffff, "product");
+        assert_eq!(u32_at(272), 1, "version");
+        assert_eq!(u32_at(276), 0, "country");
+        // rd_data starts at 280 and holds exactly rd_size bytes; the rest of its 4096 is zero.
+        let rd_size = usize::from(u16::from_ne_bytes([e[260], e[261]]));
+        assert_eq!(&e[280..280 + rd_size], &FIDO_REPORT_DESCRIPTOR);
+        assert!(e[280 + rd_size..].iter().all(|&b| b == 0));
+        assert_eq!(280 + 4096, UHID_EVENT_SIZE);
+    }
+
+    #[test]
+    fn output_events_follow_the_kernel_layout() {
+        // size at 4 + 4096, rtype just after it.
+        let mut data = vec![0u8; 65];
+        data[1] = 0x81;
+        let e = output(&data);
+        assert_eq!(u16::from_ne_bytes([e[4100], e[4101]]), 65);
+        assert_eq!(e[4102], UHID_OUTPUT_REPORT);
+        assert_eq!(output_report(&e).map(|r| r[0]), Some(0x81));
+        // A size beyond UHID_DATA_MAX is not trusted past the data field.
+        let mut e = output(&[0u8; 65]);
+        e[4100..4102].copy_from_slice(&u16::MAX.to_ne_bytes());
+        assert_eq!(output_report(&e), None);
+        // An event cut before its size field is ignored.
+        assert_eq!(output_report(&e[..4100]), None);
+    }
+
+    #[test]
+    fn start_stop_open_and_close_carry_no_report() {
+        for kind in [UHID_START, UHID_STOP, UHID_OPEN, UHID_CLOSE] {
+            let mut e = vec![0u8; UHID_EVENT_SIZE];
+            e[..4].copy_from_slice(&kind.to_ne_bytes());
+            if kind == UHID_START {
+                e[4..12].copy_from_slice(&ALL_DEV_FLAGS.to_ne_bytes());
+            }
+            // Even with bytes where an output's size would be, these are not reports.
+            e[4100..4102].copy_from_slice(&64u16.to_ne_bytes());
+            assert_eq!(output_report(&e), None, "event type {kind}");
+        }
+    }
+
+    /// The descriptor, read as HID short items (HID 1.11 §6.2.2.2: prefix byte = tag << 4 |
+    /// type << 2 | size code, size code 3 meaning 4 bytes; data little-endian).
+    fn hid_items(d: &[u8]) -> Vec<(u8, u8, u32)> {
+        let mut items = Vec::new();
+        let mut at = 0;
+        while at < d.len() {
+            let prefix = d[at];
+            let size = [0, 1, 2, 4][usize::from(prefix & 3)];
+            let data = d[at + 1..at + 1 + size]
+                .iter()
+                .rev()
+                .fold(0u32, |v, &b| (v << 8) | u32::from(b));
+            items.push(((prefix >> 2) & 3, prefix >> 4, data));
+            at += 1 + size;
+        }
+        assert_eq!(at, d.len(), "no item runs past the end");
+        items
+    }
+
+    #[test]
+    fn the_report_descriptor_declares_fido_64_byte_reports_without_ids() {
+        const MAIN: u8 = 0;
+        const GLOBAL: u8 = 1;
+        const LOCAL: u8 = 2;
+        let data_report = |usage: u32, main_tag: u8| {
+            [
+                (LOCAL, 0x0, usage), // Usage
+                (GLOBAL, 0x1, 0),    // Logical Minimum
+                (GLOBAL, 0x2, 0xff), // Logical Maximum
+                (GLOBAL, 0x7, 8),    // Report Size (bits)
+                (GLOBAL, 0x9, 64),   // Report Count
+                (MAIN, main_tag, 2), // Input / Output (Data, Variable, Absolute)
+            ]
+        };
+        let mut want = vec![
+            (GLOBAL, 0x0, 0xf1d0), // Usage Page (FIDO Alliance)
+            (LOCAL, 0x0, 0x01),    // Usage (CTAPHID)
+            (MAIN, 0xa, 0x01),     // Collection (Application)
+        ];
+        want.extend(data_report(0x20, 0x8)); // input report: usage "data in", Input
+        want.extend(data_report(0x21, 0x9)); // output report: usage "data out", Output
+        want.push((MAIN, 0xc, 0)); // End Collection
+        let items = hid_items(&FIDO_REPORT_DESCRIPTOR);
+        assert_eq!(items, want);
+        // No Report ID item (global tag 0x8): reports are 64 bytes, and hosts prepend byte 0.
+        assert!(!items.iter().any(|&(t, tag, _)| t == GLOBAL && tag == 0x8));
+        assert_eq!(FIDO_REPORT_DESCRIPTOR.len(), 34);
     }
 
     #[test]

@@ -152,6 +152,14 @@ fn the_role_matrix_matches_design_md() {
     assert!(ManageUsers.allows(Admin) && ManageUsers.allows(Owner));
     assert!(IssueActivation.allows(Helpdesk) && !IssueActivation.allows(Auditor));
     assert!(!UseKeys.allows(Helpdesk) && !UseKeys.allows(Auditor));
+    // One-time PINs are the helpdesk's "forgot my PIN" path; auditors change nothing.
+    assert!(ResetPins.allows(Helpdesk) && ResetPins.allows(Admin) && ResetPins.allows(Owner));
+    assert!(!ResetPins.allows(Auditor));
+    let pin = routes()
+        .into_iter()
+        .find(|r| r.path == "/keys/{id}/pin")
+        .expect("the one-time PIN route is in the table");
+    assert_eq!((pin.method, pin.permission), (Method::POST, ResetPins));
 }
 
 #[tokio::test]

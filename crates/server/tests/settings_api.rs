@@ -111,7 +111,7 @@ async fn owners_change_settings_and_new_keys_get_them() {
         assert_eq!(v["attestation"], json!("none"));
         assert_eq!(v["min_pin_length"], json!(4));
         assert_eq!(v["pin_policy"], json!("user"));
-        assert_eq!(v["pin_policies"], json!(["user"]));
+        assert_eq!(v["pin_policies"], json!(["user", "admin_one_time"]));
         assert_eq!(v["delegated_session_minutes"], json!(15));
         assert_eq!(v["attestation_ca_pem"], Json::Null);
 
@@ -296,7 +296,7 @@ async fn bad_settings_are_refused_with_a_reason_and_change_nothing() {
                 json!({"delegated_session_minutes": 16}),
                 "delegated_session_minutes",
             ),
-            (json!({"pin_policy": "admin_one_time"}), "pin_policy"),
+            (json!({"pin_policy": "admin"}), "pin_policy"),
             // A valid field next to an invalid one: nothing of the request is applied.
             (
                 json!({"delegated_session_minutes": 3, "min_pin_length": 2}),

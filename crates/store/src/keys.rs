@@ -371,6 +371,32 @@ impl Tx {
         Ok(())
     }
 
+    /// Gives a key created in this transaction its first PIN (an admin's one-time PIN): only the
+    /// keyed verifier is stored, with the PIN's length in code points and whether the key demands
+    /// a new PIN before it verifies the user (CTAP forcePINChange). Retries stay full.
+    pub async fn set_initial_pin(
+        &mut self,
+        org_id: Uuid,
+        key_id: Uuid,
+        pin_verifier: &[u8],
+        pin_code_points: i32,
+        force_pin_change: bool,
+    ) -> Result<(), StoreError> {
+        let n = on_tx!(&mut self.inner, c => {
+            sqlx::query(
+                "UPDATE security_keys SET pin_verifier = $1, pin_code_points = $2, \
+                 consecutive_pin_failures = 0, force_pin_change = $3 WHERE org_id = $4 AND id = $5",
+            )
+            .bind(pin_verifier).bind(pin_code_points).bind(force_pin_change).bind(org_id).bind(key_id)
+            .execute(&mut *c).await?.rows_affected()
+        });
+        if n == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Sets a key's status (`active`, `suspended`, `revoked`). Revoking also deletes its
     /// credentials and detaches it from its user, who goes back to `new`.
     pub async fn set_key_status(

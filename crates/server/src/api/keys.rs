@@ -1,4 +1,9 @@
-//! Security keys: assign, suspend, resume, revoke, status, credentials, and the CTAP endpoint.
+//! Security keys: assign, suspend, resume, revoke, status, credentials, one-time PINs, and the
+//! CTAP endpoint.
+//!
+//! One-time PINs (design.md "Flows" step 2) are generated here, set on the key with CTAP
+//! forcePINChange, and returned once in the answer: only the key's keyed PIN verifier is stored,
+//! and neither the logs nor the audit log carry the PIN (invariant 7).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 use super::{AppState, IdPath, Json, bytes_rejection};
 use crate::auth::Principal;
@@ -45,8 +51,30 @@ pub trait CtapService: Send + Sync {
         request: Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CtapError>> + Send + 'a>>;
 
+    /// Sets a key's PIN from the server, with forcePINChange when `force_change`: resets the PIN
+    /// retries and drops the key's PIN tokens; the credentials stay. Durable and audited (by whom,
+    /// never the PIN) before it returns.
+    fn set_pin<'a>(
+        &'a self,
+        org_id: Uuid,
+        key_id: Uuid,
+        actor: &'a str,
+        pin: &'a Zeroizing<String>,
+        force_change: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CtapError>> + Send + 'a>>;
+
     /// The organisation's settings changed: forget whatever of them is cached.
     fn settings_changed(&self, _org_id: Uuid) {}
+}
+
+fn ctap_error(e: crate::keyops::KeyOpsError) -> CtapError {
+    use crate::keyops::KeyOpsError;
+    match e {
+        KeyOpsError::NotFound => CtapError::NotFound,
+        KeyOpsError::KeyNotActive(_) => CtapError::NotActive,
+        KeyOpsError::InvalidRequest(r) => CtapError::Invalid(r.to_owned()),
+        other => CtapError::Unavailable(other.to_string()),
+    }
 }
 
 /// Admins reach keys through the API in registration-only mode (design.md invariant 1): the
@@ -59,7 +87,6 @@ impl CtapService for crate::keyops::KeyOps {
         actor: &'a str,
         request: Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CtapError>> + Send + 'a>> {
-        use crate::keyops::KeyOpsError;
         let policy = keyward_authenticator::Policy {
             registration_only: true,
             preauthorized_uv: false,
@@ -67,12 +94,22 @@ impl CtapService for crate::keyops::KeyOps {
         Box::pin(async move {
             crate::keyops::KeyOps::ctap(self, org_id, key_id, actor, policy, request)
                 .await
-                .map_err(|e| match e {
-                    KeyOpsError::NotFound => CtapError::NotFound,
-                    KeyOpsError::KeyNotActive(_) => CtapError::NotActive,
-                    KeyOpsError::InvalidRequest(r) => CtapError::Invalid(r.to_owned()),
-                    other => CtapError::Unavailable(other.to_string()),
-                })
+                .map_err(ctap_error)
+        })
+    }
+
+    fn set_pin<'a>(
+        &'a self,
+        org_id: Uuid,
+        key_id: Uuid,
+        actor: &'a str,
+        pin: &'a Zeroizing<String>,
+        force_change: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<(), CtapError>> + Send + 'a>> {
+        Box::pin(async move {
+            crate::keyops::KeyOps::set_pin(self, org_id, key_id, actor, pin, force_change)
+                .await
+                .map_err(ctap_error)
         })
     }
 
@@ -108,9 +145,70 @@ impl From<SecurityKeyRecord> for Key {
     }
 }
 
+/// The fewest digits of a one-time PIN, whatever the organisation's minimum PIN length: eight
+/// random digits (about 26.6 bits) against the key's eight PIN retries.
+pub const ONE_TIME_PIN_MIN_DIGITS: usize = 8;
+
+/// How many digits a one-time PIN has for a key whose minimum PIN length is `min_pin_length`:
+/// that minimum, but at least [`ONE_TIME_PIN_MIN_DIGITS`] and at most 63 (CTAP's limit in
+/// bytes; one digit is one byte).
+pub fn one_time_pin_length(min_pin_length: i32) -> usize {
+    usize::try_from(min_pin_length)
+        .unwrap_or(0)
+        .clamp(ONE_TIME_PIN_MIN_DIGITS, 63)
+}
+
+/// A one-time PIN of `digits` decimal digits from the operating system's CSPRNG. Each digit comes
+/// from one random byte below 250 (bytes of 250 and above are drawn again), so every digit is
+/// uniform.
+pub fn new_one_time_pin(digits: usize) -> Zeroizing<String> {
+    use rand::RngCore;
+    let mut pin = Zeroizing::new(String::with_capacity(digits));
+    let mut buf = Zeroizing::new([0u8; 64]);
+    while pin.len() < digits {
+        rand::rngs::OsRng.fill_bytes(buf.as_mut());
+        for &b in buf.iter() {
+            if b < 250 && pin.len() < digits {
+                pin.push(char::from(b'0' + b % 10));
+            }
+        }
+    }
+    pin
+}
+
+/// A one-time PIN on its way to the admin: serialised as a plain string, never printed (no
+/// `Debug`), zeroized on drop.
+pub struct OneTimePin(Zeroizing<String>);
+
+impl Serialize for OneTimePin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct AssignedKey {
     pub key_id: Uuid,
+    /// Only when the organisation's PIN policy is `admin_one_time`: the key's one-time PIN,
+    /// returned this once. The key forces the user to change it at first use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub one_time_pin: Option<OneTimePin>,
+}
+
+/// A one-time PIN set on a key by `POST /keys/{id}/pin`.
+#[derive(Serialize, ToSchema)]
+pub struct OneTimePinSet {
+    pub key_id: Uuid,
+    pub user_id: Uuid,
+    /// The new PIN, returned this once: the key refuses to verify the user with it until they
+    /// change it (CTAP forcePINChange).
+    #[schema(value_type = String)]
+    pub one_time_pin: OneTimePin,
+    /// Always true: the user must change the PIN at first use.
+    pub force_pin_change: bool,
+    /// PIN retries left (reset to the maximum).
+    pub pin_retries: i32,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -123,6 +221,10 @@ pub struct AssignMany {
 pub struct AssignOutcome {
     pub user_id: Uuid,
     pub key_id: Option<Uuid>,
+    /// This user's one-time PIN, returned this once, under the `admin_one_time` PIN policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub one_time_pin: Option<OneTimePin>,
     pub error: Option<String>,
 }
 
@@ -149,9 +251,14 @@ pub struct CredentialList {
     pub items: Vec<Credential>,
 }
 
-/// Creates a key for one user: a fresh data key from the vault, the row, the user's status and the
-/// audit entry in one transaction.
-async fn assign(s: &AppState, p: &Principal, user_id: Uuid) -> ApiResult<Uuid> {
+/// Creates a key for one user: a fresh data key from the vault, the row, the user's status, the
+/// one-time PIN when the organisation's policy asks for one, and the audit entries in one
+/// transaction. Returns the key id and the one-time PIN, if any.
+async fn assign(
+    s: &AppState,
+    p: &Principal,
+    user_id: Uuid,
+) -> ApiResult<(Uuid, Option<OneTimePin>)> {
     let mut tx = s.store.begin().await?;
     let user = tx
         .user(p.org_id, user_id)
@@ -183,17 +290,52 @@ async fn assign(s: &AppState, p: &Principal, user_id: Uuid) -> ApiResult<Uuid> {
         force_pin_change: false,
     };
     tx.insert_security_key(p.org_id, user_id, &key).await?;
+    let one_time = settings.pin_policy == super::settings::PIN_POLICY_ADMIN_ONE_TIME;
     tx.append_audit(
         p.org_id,
         &p.actor(),
         "key.assign",
         &format!("key:{key_id}"),
-        json!({"user_id": user_id}),
+        json!({"user_id": user_id, "pin_policy": settings.pin_policy}),
     )
     .await?;
+    let pin = if one_time {
+        let pin = new_one_time_pin(one_time_pin_length(settings.min_pin_length));
+        let data_key = s.vault.unwrap(
+            &KeyBinding {
+                org_id: p.org_id,
+                key_id,
+            },
+            &key.wrapped_dek,
+            key.kek_version,
+        )?;
+        let verifier = crate::keyops::pin_verifier(&data_key, &pin);
+        let code_points = i32::try_from(pin.len()).unwrap_or(i32::MAX);
+        tx.set_initial_pin(p.org_id, key_id, &verifier, code_points, true)
+            .await?;
+        // Who set a one-time PIN on whose key; never the PIN.
+        tx.append_audit(
+            p.org_id,
+            &p.actor(),
+            "key.pin_set",
+            &format!("key:{key_id}"),
+            json!({"user_id": user_id, "force_change": true, "one_time": true, "on": "assign"}),
+        )
+        .await?;
+        Some(OneTimePin(pin))
+    } else {
+        None
+    };
     tx.commit().await?;
     s.metrics.record_key_operation("assign", "ok");
-    Ok(key_id)
+    Ok((key_id, pin))
+}
+
+/// Answers that carry a one-time PIN must not be kept by any cache.
+fn no_store(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 #[utoipa::path(post, path = "/api/v1/users/{id}/key", params(("id" = Uuid, Path)),
@@ -202,9 +344,18 @@ pub async fn assign_one(
     State(s): State<AppState>,
     p: Principal,
     IdPath(id): IdPath,
-) -> ApiResult<(StatusCode, axum::Json<AssignedKey>)> {
-    let key_id = assign(&s, &p, id).await?;
-    Ok((StatusCode::CREATED, axum::Json(AssignedKey { key_id })))
+) -> ApiResult<Response> {
+    let (key_id, one_time_pin) = assign(&s, &p, id).await?;
+    Ok(no_store(
+        (
+            StatusCode::CREATED,
+            axum::Json(AssignedKey {
+                key_id,
+                one_time_pin,
+            }),
+        )
+            .into_response(),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/keys/assign", request_body = AssignMany,
@@ -213,7 +364,7 @@ pub async fn assign_many(
     State(s): State<AppState>,
     p: Principal,
     Json(req): Json<AssignMany>,
-) -> ApiResult<axum::Json<AssignManyResult>> {
+) -> ApiResult<Response> {
     if req.user_ids.is_empty() || req.user_ids.len() > 1000 {
         return Err(ApiError::Unprocessable(
             "user_ids must hold 1 to 1000 ids".into(),
@@ -222,9 +373,10 @@ pub async fn assign_many(
     let mut items = Vec::with_capacity(req.user_ids.len());
     for user_id in req.user_ids {
         match assign(&s, &p, user_id).await {
-            Ok(key_id) => items.push(AssignOutcome {
+            Ok((key_id, one_time_pin)) => items.push(AssignOutcome {
                 user_id,
                 key_id: Some(key_id),
+                one_time_pin,
                 error: None,
             }),
             // A dependency failure stops the batch: later items would fail the same way.
@@ -232,16 +384,20 @@ pub async fn assign_many(
             Err(ApiError::NotFound) => items.push(AssignOutcome {
                 user_id,
                 key_id: None,
+                one_time_pin: None,
                 error: Some("no such user".into()),
             }),
             Err(e) => items.push(AssignOutcome {
                 user_id,
                 key_id: None,
+                one_time_pin: None,
                 error: Some(e.to_string()),
             }),
         }
     }
-    Ok(axum::Json(AssignManyResult { items }))
+    Ok(no_store(
+        axum::Json(AssignManyResult { items }).into_response(),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/keys/{id}", params(("id" = Uuid, Path)),
@@ -341,6 +497,71 @@ pub async fn revoke(
         "key.revoke",
     )
     .await
+}
+
+/// Sets a new one-time PIN on a key whatever the organisation's PIN policy: the helpdesk's answer
+/// to "I forgot my PIN" and "my PIN is blocked". The key forces the user to change it at first
+/// use (CTAP forcePINChange); the PIN retries are reset and the key's PIN tokens dropped, and
+/// nothing else changes (the credentials stay). A revoked or suspended key is refused (409): a
+/// suspended key takes no changes until it is resumed.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/pin", params(("id" = Uuid, Path)),
+    responses((status = 200, body = OneTimePinSet, description = "The one-time PIN, shown this once (Cache-Control: no-store)"),
+              (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+pub async fn set_one_time_pin(
+    State(s): State<AppState>,
+    p: Principal,
+    IdPath(id): IdPath,
+) -> ApiResult<Response> {
+    let key = s
+        .store
+        .key_by_id(p.org_id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let not_active = |status: &str| match status {
+        "revoked" => {
+            ApiError::Conflict("the key is revoked: assign the user a new key instead".into())
+        }
+        "suspended" => ApiError::Conflict(
+            "the key is suspended: resume it before setting a one-time PIN".into(),
+        ),
+        other => ApiError::Conflict(format!("the key is {other}")),
+    };
+    if key.status != "active" {
+        return Err(not_active(&key.status));
+    }
+    let engine = s.ctap.as_ref().ok_or_else(|| {
+        ApiError::NotImplemented("key operations are not enabled in this build".into())
+    })?;
+    // The organisation's minimum now, or the key's own if it was made under a longer one.
+    let settings = super::settings::effective(&s.store, p.org_id, s.aaguid).await?;
+    let pin = new_one_time_pin(one_time_pin_length(
+        settings.min_pin_length.max(key.min_pin_length),
+    ));
+    let result = engine.set_pin(p.org_id, id, &p.actor(), &pin, true).await;
+    s.metrics
+        .record_key_operation("pin_set", if result.is_ok() { "ok" } else { "error" });
+    result.map_err(|e| match e {
+        CtapError::NotFound => ApiError::NotFound,
+        // Suspended or revoked since it was read above.
+        CtapError::NotActive => ApiError::Conflict("the key is no longer active".into()),
+        CtapError::Invalid(r) => ApiError::Unprocessable(r),
+        CtapError::Unavailable(d) => ApiError::Unavailable(d),
+    })?;
+    let key = s
+        .store
+        .key_by_id(p.org_id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(no_store(
+        axum::Json(OneTimePinSet {
+            key_id: id,
+            user_id: key.user_id,
+            one_time_pin: OneTimePin(pin),
+            force_pin_change: key.force_pin_change,
+            pin_retries: key.pin_retries,
+        })
+        .into_response(),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/users/{id}/credentials", params(("id" = Uuid, Path)),

@@ -76,6 +76,9 @@ pub enum Permission {
     ManageUsers,
     /// Issue activation codes (helping a user set up their key).
     IssueActivation,
+    /// Set a one-time PIN on a user's key (a forgotten or blocked PIN): owners, admins and
+    /// helpdesk.
+    ResetPins,
     /// Read the audit log.
     ViewAudit,
     /// Send CTAP messages to a key (registration on a user's behalf).
@@ -99,7 +102,9 @@ impl Permission {
         match self {
             Permission::Public | Permission::Authenticated | Permission::ViewUsers => true,
             Permission::ManageUsers | Permission::UseKeys => matches!(role, Owner | Admin),
-            Permission::IssueActivation => matches!(role, Owner | Admin | Helpdesk),
+            Permission::IssueActivation | Permission::ResetPins => {
+                matches!(role, Owner | Admin | Helpdesk)
+            }
             Permission::ViewAudit => matches!(role, Owner | Admin | Auditor),
             Permission::ManageSettings | Permission::ManageAdmins => matches!(role, Owner),
             Permission::ViewAdmins => matches!(role, Owner | Admin | Auditor),
@@ -312,6 +317,12 @@ pub fn routes() -> Vec<RouteSpec> {
             "/keys/{id}/revoke",
             ManageUsers,
             post(keys::revoke),
+        ),
+        route(
+            Method::POST,
+            "/keys/{id}/pin",
+            ResetPins,
+            post(keys::set_one_time_pin),
         ),
         route(Method::POST, "/keys/{id}/ctap", UseKeys, post(keys::ctap)),
         route(Method::GET, "/audit", ViewAudit, get(audit::list)),
@@ -548,7 +559,7 @@ pub(crate) fn decode_cursor(c: &str) -> Result<String, ApiError> {
         crate::relay::api::connect, crate::relay::api::disconnect, crate::relay::api::register_device,
         crate::relay::api::list_devices, crate::relay::api::revoke,
         keys::credentials, keys::assign_one, keys::assign_many, keys::get_one, keys::suspend,
-        keys::resume, keys::revoke, keys::ctap,
+        keys::resume, keys::revoke, keys::set_one_time_pin, keys::ctap,
         audit::list,
         admins::list, admins::create, admins::update,
         crate::jobs::api::get_job, crate::jobs::api::events, crate::jobs::api::retry, crate::jobs::api::cancel,

@@ -25,10 +25,12 @@ use crate::error::{ApiError, ApiResult, Problem};
 pub const MAX_DELEGATED_MINUTES: i32 = 15;
 /// CTAP 2.1: minPINLength is at least 4 code points; a PIN is at most 63 bytes.
 pub const MIN_PIN_LENGTH_RANGE: std::ops::RangeInclusive<i32> = 4..=63;
-/// PIN policies that the server really carries out. An admin-set one-time PIN with
-/// forcePINChange exists in the engine (`KeyOps::set_pin`) but has no API or panel path yet, so it
-/// is not offered.
-pub const PIN_POLICIES: [&str; 1] = ["user"];
+/// The PIN policies of new keys: `user` (the user sets the PIN when activating the key) and
+/// `admin_one_time` (assigning a key sets a generated one-time PIN, shown once to the admin, that
+/// the key forces the user to change before it verifies them: CTAP forcePINChange).
+pub const PIN_POLICIES: [&str; 2] = ["user", "admin_one_time"];
+/// The policy under which assigning a key sets a one-time PIN.
+pub const PIN_POLICY_ADMIN_ONE_TIME: &str = "admin_one_time";
 const ATTESTATIONS: [&str; 2] = ["none", "packed"];
 /// The organisation name written into attestation certificates.
 const ATTESTATION_ORGANISATION: &str = "Keyward";
@@ -175,7 +177,8 @@ pub struct Settings {
     pub attestation: String,
     /// The minimum PIN length (code points) of new keys, 4 to 63.
     pub min_pin_length: i32,
-    /// `user`: the user sets the key's PIN when activating it.
+    /// `user`: the user sets the key's PIN when activating it; `admin_one_time`: assigning a key
+    /// sets a generated one-time PIN (returned once) that the user must change at first use.
     pub pin_policy: String,
     /// The PIN policies this server supports.
     pub pin_policies: Vec<String>,
@@ -273,7 +276,7 @@ fn validate(current: &Effective, req: &UpdateSettings) -> ApiResult<Effective> {
     if let Some(pp) = &req.pin_policy {
         if !PIN_POLICIES.contains(&pp.as_str()) {
             return Err(ApiError::Unprocessable(
-                "pin_policy must be user (the user sets the PIN when activating the key); admin-set one-time PINs are not supported yet".into(),
+                "pin_policy must be user (the user sets the PIN when activating the key) or admin_one_time (assigning a key sets a one-time PIN that the user must change)".into(),
             ));
         }
         next.pin_policy = pp.clone();

@@ -100,6 +100,16 @@ type Slot = Arc<tokio::sync::Mutex<Option<Authenticator>>>;
 /// they are not audited, everything else is.
 const UNAUDITED_COMMANDS: [u8; 2] = [0x04, 0x0B];
 
+/// The stored form of a PIN that the server sets: the key's keyed verifier of the PIN's SHA-256
+/// truncated to 16 bytes (CTAP's pinHash), the same value the engine computes from a client's
+/// pinHashEnc, so the PIN works through CTAP afterwards.
+pub fn pin_verifier(data_key: &keyward_vault::DataKey, pin: &str) -> Vec<u8> {
+    let digest = Sha256::digest(pin.as_bytes());
+    let mut hash16 = Zeroizing::new([0u8; 16]);
+    hash16.copy_from_slice(&digest[..16]);
+    data_key.pin_verifier(&hash16).to_vec()
+}
+
 /// Server-side key operations. Cheap to share behind an `Arc`.
 pub struct KeyOps {
     shared: Arc<Shared>,
@@ -507,16 +517,16 @@ impl KeyOps {
             &rec.wrapped_dek,
             rec.kek_version,
         )?;
-        let digest = Sha256::digest(pin.as_bytes());
-        let mut hash16 = Zeroizing::new([0u8; 16]);
-        hash16.copy_from_slice(&digest[..16]);
-        rec.pin_verifier = Some(data_key.pin_verifier(&hash16).to_vec());
+        rec.pin_verifier = Some(pin_verifier(&data_key, pin));
         rec.pin_code_points = i32::try_from(code_points).unwrap_or(i32::MAX);
+        // A new PIN unblocks the key: full retries, no soft block. Nothing else changes (the
+        // credentials stay).
         rec.pin_retries = i32::from(keyward_authenticator::MAX_PIN_RETRIES);
         rec.consecutive_pin_failures = 0;
         rec.force_pin_change = force_change;
         tx.save_key_state(&rec).await?;
-        let detail = serde_json::json!({ "force_change": force_change });
+        // Who set a PIN on whose key, never the PIN.
+        let detail = serde_json::json!({ "user_id": rec.user_id, "force_change": force_change });
         tx.append_audit(
             org_id,
             actor,

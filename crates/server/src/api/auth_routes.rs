@@ -98,15 +98,68 @@ pub async fn login(
     let candidates = s.store.admins_by_email(org_id, &req.email).await?;
     if candidates.is_empty() {
         auth::burn_password_time(&req.password);
-    }
-    let Some(admin) = candidates
-        .into_iter()
-        .find(|a| !a.disabled && auth::verify_password(&req.password, &a.password_hash))
-    else {
-        tracing::info!(email = %req.email, "admin login failed");
+        // No admin, so no organisation whose audit log could hold the attempt.
+        tracing::info!(email = %req.email, "admin login failed: no such admin");
         return Err(ApiError::Unauthenticated);
-    };
-    start_session(&s, admin, "password", json!({})).await
+    }
+    // Every candidate's password is checked, disabled or not, so the answer takes as long for a
+    // disabled admin as for a wrong password.
+    let checked: Vec<_> = candidates
+        .into_iter()
+        .map(|a| {
+            let matches = auth::verify_password(&req.password, &a.password_hash);
+            (a, matches)
+        })
+        .collect();
+    if let Some((admin, _)) = checked.iter().find(|(a, matches)| *matches && !a.disabled) {
+        return start_session(&s, admin.clone(), "password", json!({})).await;
+    }
+    tracing::info!(email = %req.email, "admin login failed");
+    // The entries are written after the answer rather than before it: waiting for a commit
+    // here would make a refusal for an admin's address slower than one for an unknown address,
+    // telling which addresses are admins.
+    let refusals: Vec<FailedLogin> = checked
+        .into_iter()
+        .map(|(admin, password_matched)| FailedLogin {
+            reason: if password_matched {
+                "the admin is disabled"
+            } else {
+                "wrong password"
+            },
+            admin,
+        })
+        .collect();
+    tokio::spawn(audit_failed_login(s.store.clone(), refusals, ip));
+    Err(ApiError::Unauthenticated)
+}
+
+/// A refused password sign-in of one admin.
+struct FailedLogin {
+    admin: keyward_store::AdminRecord,
+    reason: &'static str,
+}
+
+/// Records a refused password sign-in as `auth.login_failed` in the organisation of each admin
+/// the e-mail address named, with the reason and the client's address (never the password).
+async fn audit_failed_login(store: keyward_store::Store, refusals: Vec<FailedLogin>, ip: String) {
+    let written = async {
+        let mut tx = store.begin().await?;
+        for FailedLogin { admin, reason } in &refusals {
+            tx.append_audit(
+                admin.org_id,
+                &format!("admin:{}", admin.email),
+                "auth.login_failed",
+                &format!("admin:{}", admin.id),
+                json!({"method": "password", "reason": reason, "ip": ip}),
+            )
+            .await?;
+        }
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = written {
+        tracing::error!(error = %e, "a refused admin login could not be audited");
+    }
 }
 
 /// Signs an admin in: a session row, its audit entry (`auth.login` with how), the HttpOnly

@@ -117,6 +117,7 @@ export const endpoints = {
   assignKey: (id) => api("POST", `/users/${enc(id)}/key`, {}),
   disableUser: (id) => api("POST", `/users/${enc(id)}/disable`, {}),
   key: (keyId) => api("GET", `/keys/${enc(keyId)}`),
+  setOneTimePin: (keyId) => api("POST", `/keys/${enc(keyId)}/pin`, {}),
   credentials: (id) => api("GET", `/users/${enc(id)}/credentials`),
   connect: (id) => api("POST", `/users/${enc(id)}/connect`, {}),
   disconnect: (id) => api("DELETE", `/users/${enc(id)}/connect`),

@@ -26,15 +26,15 @@ export const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel
 /** What each role may do in the panel. The server enforces the same rules on its own. */
 const ROLE_PERMISSIONS = {
   owner: [
-    "users.read", "users.write", "keys.write", "bulk", "provisioning", "connect", "activation",
+    "users.read", "users.write", "keys.write", "bulk", "provisioning", "connect", "activation", "pins",
     "directories.read", "directories.write", "directories.import", "admins.read", "admins.write",
     "audit.read", "settings.read", "settings.write", "jobs.read",
   ],
   admin: [
-    "users.read", "users.write", "keys.write", "bulk", "provisioning", "connect", "activation",
+    "users.read", "users.write", "keys.write", "bulk", "provisioning", "connect", "activation", "pins",
     "directories.read", "directories.import", "audit.read", "jobs.read",
   ],
-  helpdesk: ["users.read", "connect", "activation", "jobs.read"],
+  helpdesk: ["users.read", "connect", "activation", "pins", "jobs.read"],
   auditor: [
     "users.read", "directories.read", "admins.read", "audit.read", "settings.read", "jobs.read",
   ],

@@ -1,9 +1,11 @@
-// Keyward panel: one user's page: profile, key, passkeys, connecting the admin's pairing tool to the
-// key, the activation code, Microsoft manual provisioning (Temporary Access Pass) and history.
+// Keyward panel: one user's page: profile, key (assign, one-time PIN), passkeys, connecting the
+// admin's pairing tool to the key, the activation code, Microsoft manual provisioning (Temporary
+// Access Pass) and history.
 
 import { endpoints, itemsOf, ApiError } from "./api.js";
 import { $, h, can, busy, status, facts, fmt, fmtTime, badge, showSecret } from "./ui.js";
 import { watchJob, initJobRegion, rememberUserNames } from "./jobs.js";
+import { confirmNewPin, showPins, closePins } from "./pins.js";
 
 const PAIR_POLL_MS = 5000;
 const userId = decodeURIComponent(location.pathname.split("/")[2] || "");
@@ -32,25 +34,37 @@ async function loadProfile() {
   return true;
 }
 
+let key = {};
+
+function pinFact(k) {
+  if (k.pin_set === undefined) return "—";
+  if (!k.pin_set) return "not set";
+  return k.force_pin_change ? "one-time PIN: the user must change it at first use" : "set";
+}
+
 async function loadKey() {
   const assign = $("#key-assign");
+  const setPin = $("#key-pin");
+  key = {};
+  setPin.hidden = true;
   if (!user.key_id) {
     facts($("#key"), [["Key", "No security key assigned."]]);
     if (can("keys.write")) assign.hidden = false;
     return;
   }
   assign.hidden = true;
-  let key = {};
   try {
     key = (await endpoints.key(user.key_id)) || {};
   } catch {
     // The key's own endpoint is optional for this page: the id alone is still worth showing.
   }
+  // Only an active key takes a new PIN (the server refuses suspended and revoked ones).
+  setPin.hidden = !(can("pins") && key.status === "active");
   facts($("#key"), [
     ["Key id", user.key_id],
     ["Status", key.status ? badge(key.status) : "—"],
     ["AAGUID", key.aaguid],
-    ["PIN", key.pin_set === undefined ? "—" : key.pin_set ? "set" : "not set"],
+    ["PIN", pinFact(key)],
     ["PIN retries left", key.pin_retries],
     ["Created", fmtTime(key.created_at)],
   ]);
@@ -159,6 +173,39 @@ function initConnect() {
   pollPairing();
 }
 
+// --- Key: assign and one-time PIN --------------------------------------------------------------
+
+function initKey() {
+  $("#key-assign").addEventListener("click", (ev) =>
+    busy(ev.currentTarget, async () => {
+      try {
+        const res = await endpoints.assignKey(userId);
+        status("Security key assigned.");
+        // Under the admin_one_time PIN policy the answer carries the key's PIN, this once.
+        if (res && res.one_time_pin) showPins([{ user, pin: res.one_time_pin }]);
+        await refresh();
+      } catch (e) {
+        status(`Could not assign a key: ${e.message}`, "error");
+      }
+    }),
+  );
+  if (!can("pins")) return;
+  $("#key-pin").addEventListener("click", (ev) =>
+    busy(ev.currentTarget, async () => {
+      if (!(await confirmNewPin(user))) return;
+      try {
+        const res = await endpoints.setOneTimePin(user.key_id);
+        showPins([{ user, pin: res.one_time_pin }]);
+        status("A one-time PIN was set on the key.");
+      } catch (e) {
+        closePins();
+        status(`Could not set a one-time PIN: ${e.message}`, "error");
+      }
+      await refresh();
+    }),
+  );
+}
+
 // --- Activation code and manual provisioning ---------------------------------------------------
 
 function initActivation() {
@@ -199,17 +246,7 @@ async function refresh() {
 
 export async function init() {
   initJobRegion(refresh);
-  $("#key-assign").addEventListener("click", (ev) =>
-    busy(ev.currentTarget, async () => {
-      try {
-        await endpoints.assignKey(userId);
-        status("Security key assigned.");
-        await refresh();
-      } catch (e) {
-        status(`Could not assign a key: ${e.message}`, "error");
-      }
-    }),
-  );
+  initKey();
   initConnect();
   initActivation();
   initManual();

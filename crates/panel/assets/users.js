@@ -5,6 +5,7 @@
 import { endpoints, itemsOf } from "./api.js";
 import { $, $$, h, can, busy, status, badge, showError } from "./ui.js";
 import { watchJob, initJobRegion, rememberUserNames } from "./jobs.js";
+import { showPins } from "./pins.js";
 
 const PAGE_SIZE = 25;
 
@@ -134,11 +135,17 @@ async function forEachSelected(verb, action) {
 function initActions() {
   $("#action-assign").addEventListener("click", (ev) =>
     busy(ev.currentTarget, async () => {
-      const failures = await forEachSelected("Assigning keys", (u) =>
-        u.key_id ? Promise.resolve() : endpoints.assignKey(u.id),
-      );
+      // Under the admin_one_time PIN policy each new key comes with its one-time PIN, returned
+      // once: they are collected here and shown together (copy or CSV download).
+      const pins = [];
+      const failures = await forEachSelected("Assigning keys", async (u) => {
+        if (u.key_id) return;
+        const res = await endpoints.assignKey(u.id);
+        if (res && res.one_time_pin) pins.push({ user: u, pin: res.one_time_pin });
+      });
       if (failures.length === 0) state.selected.clear();
       await load({ announce: false });
+      showPins(pins);
     }),
   );
   $("#action-disable").addEventListener("click", (ev) =>

@@ -42,6 +42,7 @@ pub static ASSETS: &[Asset] = &[
     asset!("api.js", JS),
     asset!("ui.js", JS),
     asset!("jobs.js", JS),
+    asset!("pins.js", JS),
     asset!("signin.js", JS),
     asset!("account.js", JS),
     asset!("webauthn.js", JS),

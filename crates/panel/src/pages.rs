@@ -260,6 +260,36 @@ fn setup() -> Markup {
     }
 }
 
+/// The one-time PIN dialog of the users and user pages (`pins.js`): a confirmation step (user page)
+/// and the PIN(s), shown once, with copy and CSV download.
+fn pin_dialog() -> Markup {
+    html! {
+        dialog #pin-dialog aria-labelledby="pin-title" {
+            h2 #pin-title { "One-time PIN" }
+            div #pin-confirm hidden {
+                p #pin-confirm-text {}
+                div.actions {
+                    button #pin-cancel type="button" { "Cancel" }
+                    button.primary #pin-set type="button" { "Yes, set a new PIN" }
+                }
+            }
+            div #pin-result hidden {
+                p #pin-instructions {
+                    "Give the PIN to the user in person or by phone. The key refuses it until the user "
+                    "changes it, the first time they use the key (their security key prompt asks for a new PIN)."
+                }
+                div #pin-list .secret aria-live="polite" {}
+                p.hint { "Shown once: note it now. It cannot be displayed again." }
+                div.actions {
+                    button #pin-copy type="button" { "Copy" }
+                    button #pin-download type="button" hidden { "Download CSV" }
+                    button.primary #pin-close type="button" { "Done" }
+                }
+            }
+        }
+    }
+}
+
 /// The job progress region shared by the users, user and directories pages.
 fn job_region() -> Markup {
     html! {
@@ -342,6 +372,7 @@ fn users() -> Markup {
             span #page-number { "Page 1" }
             button #page-next type="button" disabled { "Next" }
         }
+        (pin_dialog())
         dialog #provision-dialog aria-labelledby="provision-title" {
             form #provision-form method="dialog" {
                 h2 #provision-title { "Automated RP Provisioning" }
@@ -381,8 +412,11 @@ fn user() -> Markup {
             dl #key .facts {}
             div.actions {
                 button #key-assign type="button" data-requires="keys.write" hidden { "Assign key" }
+                button #key-pin type="button" data-requires="pins" hidden { "Set one-time PIN" }
             }
+            p.hint data-requires="pins" { "For a forgotten or blocked PIN: the key gets a new PIN, shown once, that the user must change at first use. Passkeys stay." }
         }
+        (pin_dialog())
         section aria-labelledby="creds-title" {
             h2 #creds-title { "Passkeys" }
             div.table-wrap {
@@ -570,7 +604,8 @@ fn settings() -> Markup {
             fieldset {
                 legend { "PIN policy for new keys" }
                 label.choice { input type="radio" name="pin_policy" value="user"; " The user sets a PIN when activating the key" }
-                p.hint { "An admin-set one-time PIN that the user must change is not available yet." }
+                label.choice { input type="radio" name="pin_policy" value="admin_one_time"; " An admin gets a one-time PIN when assigning the key; the user must change it at first use" }
+                p.hint { "One-time PINs are shown once, to the admin who assigns the key (at least 8 digits, or the minimum PIN length if longer); the key refuses them until the user chooses their own PIN." }
             }
             div.field {
                 label for="settings-min-pin" { "Minimum PIN length of new keys" }

@@ -136,6 +136,7 @@ async fn pages_show_the_issue_s_sections() {
         "<dialog",
         " Microsoft (Entra ID)",
         ">Submit</button>",
+        "id=\"pin-dialog\"",
     ] {
         assert!(users.contains(text), "users page lacks {text}");
     }
@@ -145,6 +146,9 @@ async fn pages_show_the_issue_s_sections() {
         ">Disconnect</button>",
         ">Create activation code</button>",
         ">Create a Temporary Access Pass</button>",
+        ">Set one-time PIN</button>",
+        ">Yes, set a new PIN</button>",
+        ">Download CSV</button>",
         ">History</h2>",
         ">Passkeys</h2>",
     ] {
@@ -383,6 +387,8 @@ async fn every_id_a_script_uses_exists_in_the_pages_that_load_it() {
         ("jobs.js", &["users"]),
         ("jobs.js", &["user"]),
         ("jobs.js", &["directories"]),
+        ("pins.js", &["users"]),
+        ("pins.js", &["user"]),
         ("app.js", &["users"]),
         ("ui.js", &["audit"]),
     ];

@@ -371,7 +371,8 @@ pub async fn assign_many(
         ));
     }
     let mut items = Vec::with_capacity(req.user_ids.len());
-    for user_id in req.user_ids {
+    let mut pending = req.user_ids.into_iter();
+    while let Some(user_id) = pending.next() {
         match assign(&s, &p, user_id).await {
             Ok((key_id, one_time_pin)) => items.push(AssignOutcome {
                 user_id,
@@ -379,8 +380,29 @@ pub async fn assign_many(
                 one_time_pin,
                 error: None,
             }),
-            // A dependency failure stops the batch: later items would fail the same way.
-            Err(e @ ApiError::Unavailable(_)) => return Err(e),
+            // A dependency failure stops the batch: later items would fail the same way. If
+            // keys were already assigned, their one-time PINs must still reach the admin (they
+            // are shown only in this answer), so the batch answers with what it did and marks
+            // this user and the rest as not assigned.
+            Err(e @ ApiError::Unavailable(_)) => {
+                if !items.iter().any(|i: &AssignOutcome| i.key_id.is_some()) {
+                    return Err(e);
+                }
+                if let ApiError::Unavailable(detail) = &e {
+                    tracing::error!(error = %detail, "bulk key assignment stopped");
+                }
+                let reason =
+                    "not assigned: a dependency is unavailable; nothing was changed for this user"
+                        .to_owned();
+                for user_id in std::iter::once(user_id).chain(pending.by_ref()) {
+                    items.push(AssignOutcome {
+                        user_id,
+                        key_id: None,
+                        one_time_pin: None,
+                        error: Some(reason.clone()),
+                    });
+                }
+            }
             Err(ApiError::NotFound) => items.push(AssignOutcome {
                 user_id,
                 key_id: None,

@@ -12,11 +12,14 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keyward_pair::protocol::{ErrorCode, ServerMessage};
 use keyward_pair::relay::{RelayError, RelayEvent};
+use keyward_pair::state::{DeviceKey, Home, PairState};
 use keyward_server::auth::Role;
 use keyward_store::{Backend, Store, testing};
-use relay_common::{Replica, Tool, admin_tool, ctap, next_event, next_message, replica};
+use relay_common::{Replica, Tool, connect_tool, ctap, next_event, next_message, replica};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -120,6 +123,47 @@ async fn me_with_cookie(via: &Replica, cookie: &str) -> StatusCode {
     api_common::send(&via.app, req).await.status
 }
 
+/// Registers a pairing tool for the admin holding `token` (through `via`) and keeps its key in
+/// `home`, so that the same device can connect again later; connects it to `to`.
+async fn admin_tool_in(home: &Home, via: &Replica, token: &str, to: &Replica) -> Tool {
+    let (key, pkcs8) = DeviceKey::generate().expect("device key");
+    let r = via
+        .call(
+            Method::POST,
+            "/api/v1/pair/devices",
+            token,
+            Some(json!({"name": "admin's laptop", "public_key": URL_SAFE_NO_PAD.encode(key.public_key())})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let registered: keyward_pair::protocol::DeviceRegistered =
+        serde_json::from_slice(&r.body).expect("registration");
+    let state = PairState {
+        server: format!("http://{}", to.addr),
+        device_id: registered.device_id.clone(),
+        principal: registered.principal,
+        cert_pin: None,
+    };
+    home.save(&pkcs8, &state).expect("save");
+    let mut tool = connect_again(home, to);
+    match next_event(&mut tool.events, Duration::from_secs(10)).await {
+        RelayEvent::Connected { .. } => {}
+        other => panic!("expected the tool to connect, got {other:?}"),
+    }
+    tool
+}
+
+/// The tool saved in `home`, connecting to `to` again (a restarted `keyward-pair run`).
+fn connect_again(home: &Home, to: &Replica) -> Tool {
+    let (key, state) = home.load().expect("load");
+    connect_tool(to, state.device_id.parse().expect("uuid"), key)
+}
+
 async fn session_end_reason(store: &Store, org: Uuid, session: Uuid) -> Option<String> {
     store
         .delegated_session(org, session)
@@ -163,7 +207,9 @@ async fn disabling_an_admin_takes_their_key_tool_token_and_cookie_away_at_once()
         assert_eq!(me_with_cookie(&b, &cookie).await, StatusCode::OK);
 
         // The admin's tool is on A; the owner acts through B.
-        let mut tool = admin_tool(&b, &admin_token, &a).await;
+        let dir = tempfile::tempdir().expect("tmp");
+        let home = Home::resolve(Some(dir.path().join("pair"))).expect("home");
+        let mut tool = admin_tool_in(&home, &b, &admin_token, &a).await;
 
         // Demoted to auditor: the session ends and the key leaves the tool, which stays connected.
         let s1 = connect(&b, &admin_token, u1).await;
@@ -256,8 +302,36 @@ async fn disabling_an_admin_takes_their_key_tool_token_and_cookie_away_at_once()
         assert_eq!(disabled.detail["sessions_ended"], json!([s2]));
         assert_eq!(disabled.detail["tools_closed"], json!([tool.device_id]));
 
+        // While disabled, the tool is refused at login (on either replica).
+        for to in [&a, &b] {
+            let mut again = connect_again(&home, to);
+            match next_event(&mut again.events, Duration::from_secs(10)).await {
+                RelayEvent::Fatal(RelayError::Rejected { code, .. }) => {
+                    assert_eq!(code, ErrorCode::Revoked)
+                }
+                other => panic!("{backend:?}: expected the refusal, got {other:?}"),
+            }
+        }
+
         // Re-enabled: no session, token or cookie comes back.
         patch_admin(&b, &owner, admin_id, json!({"disabled": false})).await;
+        let mut again = connect_again(&home, &a);
+        assert!(matches!(
+            next_event(&mut again.events, Duration::from_secs(10)).await,
+            RelayEvent::Connected { .. }
+        ));
+        if let Ok(got) = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                match again.events.recv().await {
+                    Some(RelayEvent::Message(ServerMessage::Keepalive { .. })) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        {
+            panic!("{backend:?}: the re-enabled admin's tool shows nothing, but got {got:?}");
+        }
         assert!(
             store
                 .open_delegated_sessions_of_device(tool.device_id)

@@ -271,6 +271,12 @@ async fn a_replica_that_lost_its_listen_connection_rereads_the_state() {
             .expect("device")
             .admin_id
             .expect("an admin's device");
+    // A answers requests only after it looked for a session to show on connect: once this answer
+    // is in, a session written now cannot be picked up by that first look.
+    assert_eq!(
+        ctap(&mut tool, 1, vec![GET_INFO], None).await,
+        vec![CTAP2_ERR_NOT_ALLOWED]
+    );
 
     // A session written while A cannot hear (no notification at all)...
     let mut tx = c.b.state.store.begin().await.expect("tx");

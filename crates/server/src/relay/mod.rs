@@ -1,7 +1,7 @@
 //! The relay hub: pairing tools connect here over a WebSocket, authenticate with their device key,
 //! and receive the key they should expose (`attach`) — a user's own key, or the key of a user an
 //! admin connected to in a delegated session. CTAP requests from the tool run on the key-operations
-//! engine; the protocol is specified in `keyward_pair::protocol` (wire types in [`protocol`]).
+//! engine; the protocol is specified in the `keyward-relay-protocol` crate (re-exported as [`protocol`]).
 //!
 //! Serialisation: every request goes through [`RelayKeys::ctap`], i.e. `KeyOps::ctap`, which
 //! serialises operations on one key across all connections (per-key mutex plus the row lock), so
@@ -246,6 +246,10 @@ impl RelayHub {
             return Ok(AttachOutcome::NotConnected);
         }
         let session_id = attached.session_id;
+        let deadline = tokio::time::Instant::now() + cluster::ATTACH_ACK_TIMEOUT;
+        // The answer comes through this replica's LISTEN connection: while it is being
+        // re-established, wait for it (within the same bound) rather than miss the answer.
+        let _ = tokio::time::timeout_at(deadline, self.ready()).await;
         let (tx, rx) = tokio::sync::oneshot::channel();
         // Registered before the notification goes out, so that even an immediate answer is heard.
         self.acks().insert(session_id, tx);
@@ -257,10 +261,7 @@ impl RelayHub {
             })
             .await;
         let acked = match sent {
-            Ok(()) => matches!(
-                tokio::time::timeout(cluster::ATTACH_ACK_TIMEOUT, rx).await,
-                Ok(Ok(()))
-            ),
+            Ok(()) => matches!(tokio::time::timeout_at(deadline, rx).await, Ok(Ok(()))),
             Err(_) => false,
         };
         self.acks().remove(&session_id);
@@ -706,6 +707,24 @@ async fn serve_connection(hub: Arc<RelayHub>, mut ws: WebSocket) -> Result<(), S
         if let Err(e) = cluster::claim(&hub, &device).await {
             tracing::warn!(error = %e, device_id = %device.id, "relay presence not recorded");
         }
+    }
+    // An admin disabled while this connection was being set up: the update may have looked for
+    // the tool before it was registered above, so look at the admin again now that it is.
+    // (A failed read lets it in: the same check passed a moment ago.)
+    if let DeviceOwner::Admin(admin_id) = owner
+        && let Ok(admin) = hub.store.admin(admin_id).await
+        && admin.is_none_or(|a| a.disabled)
+    {
+        {
+            let mut conns = hub.conns();
+            if conns.get(&device.id).is_some_and(|c| c.conn_id == conn_id) {
+                conns.remove(&device.id);
+            }
+        }
+        if hub.cluster {
+            let _ = hub.store.relay_release(device.id, hub.replica_id).await;
+        }
+        return Err(refuse(&mut ws, ErrorCode::Revoked, api::OWNER_DISABLED).await);
     }
     // Welcome only once the tool is reachable from every replica: a connect pressed as soon as
     // the tool says "connected" finds it online.

@@ -181,6 +181,10 @@ impl Handler for SoftKey {
         );
         response
     }
+
+    fn may_wait(&self) -> bool {
+        self.presence.mode == PresenceMode::Auto && !self.presence.delay.is_zero()
+    }
 }
 
 impl SoftKey {

@@ -2,10 +2,13 @@
 //! report-ID byte), each reply one 64-byte input report sent to the address the request came
 //! from; datagrams of any other size are dropped.
 //!
-//! Two threads share one [`HidDevice`] behind a mutex. The receive loop feeds it reports, applies
-//! its timeouts and sends KEEPALIVE every ~100 ms while a request is outstanding; a worker thread
-//! runs the CTAP2 engine and sends the answer. Keepalives and answers are both sent with the lock
-//! held, so a keepalive can never follow the answer to the same request.
+//! A key whose requests can wait on a person (`--presence-delay-ms`) runs two threads sharing one
+//! [`HidDevice`] behind a mutex: the receive loop feeds it reports, applies its timeouts and sends
+//! KEEPALIVE every ~100 ms while a request is outstanding; a worker thread runs the CTAP2 engine
+//! and sends the answer. Keepalives and answers are both sent with the lock held, so a keepalive
+//! can never follow the answer to the same request. A key whose requests never wait runs each
+//! request on the receive loop itself: there is nothing to keep alive or cancel, and the hand-off
+//! to another thread (a wake-up, tens of microseconds on a virtual machine) is saved.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -38,6 +41,23 @@ pub struct Signals {
 /// Runs one CTAP2 request to completion and returns `status ‖ CBOR`.
 pub trait Handler: Send + 'static {
     fn handle(&mut self, request: &[u8]) -> Vec<u8>;
+
+    /// Whether a request may wait on something outside the key (a person's touch), so that it
+    /// needs keepalives and CANCEL while it runs.
+    fn may_wait(&self) -> bool {
+        true
+    }
+}
+
+/// Where CTAP2 requests run.
+enum Runner<H> {
+    /// On the receive loop, for handlers that never wait.
+    Inline(H),
+    /// On a worker thread.
+    Worker {
+        jobs: mpsc::Sender<Job>,
+        thread: std::thread::JoinHandle<()>,
+    },
 }
 
 struct Link {
@@ -99,14 +119,17 @@ pub fn serve(
         request_peer: None,
         last_keepalive_ms: 0,
     }));
-    let (jobs, job_queue) = mpsc::channel::<Job>();
-    let worker = {
+    let mut runner = if handler.may_wait() {
+        let (jobs, job_queue) = mpsc::channel::<Job>();
         let socket = socket.try_clone()?;
         let link = Arc::clone(&link);
         let signals = Arc::clone(&signals);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("softkey-ctap".into())
-            .spawn(move || work(job_queue, handler, &socket, &link, &signals))?
+            .spawn(move || work(job_queue, handler, &socket, &link, &signals))?;
+        Runner::Worker { jobs, thread }
+    } else {
+        Runner::Inline(handler)
     };
 
     // One byte more than a report, so an oversized datagram shows up as such instead of being
@@ -134,13 +157,22 @@ pub fn serve(
                             link.request_peer = Some(peer);
                             link.last_keepalive_ms = now;
                             signals.cancel.store(false, Ordering::SeqCst);
-                            if cmd != hid::cmd::CBOR || jobs.send(Job { cid, payload }).is_err() {
-                                // MSG is refused by the state machine under NMSG, so this only
-                                // happens if the worker is gone: answer rather than hang.
-                                for r in link.device.respond(cid, cmd, &[StatusCode::Other.as_u8()])
-                                {
-                                    send(&socket, &r, peer);
+                            let response = match &mut runner {
+                                _ if cmd != hid::cmd::CBOR => None,
+                                Runner::Inline(handler) => Some(handler.handle(&payload)),
+                                Runner::Worker { jobs, .. } => {
+                                    match jobs.send(Job { cid, payload }) {
+                                        Ok(()) => continue,
+                                        Err(_) => None,
+                                    }
                                 }
+                            };
+                            // MSG is refused by the state machine under NMSG, so `None` only
+                            // happens if the worker is gone: answer rather than hang.
+                            let response =
+                                response.unwrap_or_else(|| vec![StatusCode::Other.as_u8()]);
+                            for r in link.device.respond(cid, cmd, &response) {
+                                send(&socket, &r, peer);
                             }
                         }
                         HidEvent::Cancel { cid } => {
@@ -184,9 +216,12 @@ pub fn serve(
             link.last_keepalive_ms = now;
         }
     }
-    drop(jobs);
-    // The worker ends when the queue closes; a panic there has been logged by the hook already.
-    let _ = worker.join();
+    if let Runner::Worker { jobs, thread } = runner {
+        drop(jobs);
+        // The worker ends when the queue closes; a panic there has been logged by the hook
+        // already.
+        let _ = thread.join();
+    }
     Ok(())
 }
 

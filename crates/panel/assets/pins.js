@@ -39,9 +39,15 @@ function init() {
   if (ready) return;
   ready = true;
   const dialog = $("#pin-dialog");
+  // "close" comes a moment after the dialog closes (and also after Escape); the buttons forget at
+  // once, so no PIN outlives the click.
+  const close = () => {
+    forget();
+    dialog.close();
+  };
   dialog.addEventListener("close", forget);
-  $("#pin-close").addEventListener("click", () => dialog.close());
-  $("#pin-cancel").addEventListener("click", () => dialog.close());
+  $("#pin-close").addEventListener("click", close);
+  $("#pin-cancel").addEventListener("click", close);
   $("#pin-set").addEventListener("click", () => {
     if (answer) {
       answer(true);

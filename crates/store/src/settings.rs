@@ -83,7 +83,9 @@ impl Tx {
         )
     }
 
-    /// Writes the whole row (insert or replace); `updated_at` is set to now.
+    /// Writes the whole row (insert or replace); `updated_at` is set to now. The sealed CA key is
+    /// kept as stored while the CA certificate stays the same: it is the same key, and the stored
+    /// blob may have been re-wrapped by `keyward vault rotate` since `s` was read.
     pub async fn put_org_settings(&mut self, s: &OrgSettingsRecord) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO org_settings ({SETTINGS_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -91,7 +93,8 @@ impl Tx {
              min_pin_length = excluded.min_pin_length, pin_policy = excluded.pin_policy, \
              delegated_session_minutes = excluded.delegated_session_minutes, \
              attestation_ca_cert = excluded.attestation_ca_cert, \
-             attestation_ca_key_sealed = excluded.attestation_ca_key_sealed, \
+             attestation_ca_key_sealed = CASE WHEN org_settings.attestation_ca_cert = excluded.attestation_ca_cert \
+                 THEN org_settings.attestation_ca_key_sealed ELSE excluded.attestation_ca_key_sealed END, \
              updated_at = excluded.updated_at, updated_by = excluded.updated_by"
         );
         on_tx!(&mut self.inner, c => {

@@ -483,3 +483,61 @@ async fn disabling_an_admin_ends_sessions_and_tokens() {
         assert_eq!(s.list_admins(org.id).await.expect("list").len(), 1);
     }
 }
+
+#[tokio::test]
+async fn saving_settings_keeps_a_ca_key_rewrapped_since_it_was_read() {
+    for db in testing::all().await {
+        let s = &db.store;
+        let mut tx = s.begin().await.expect("begin");
+        let org = tx.insert_organisation("o").await.expect("org");
+        let mut rec = OrgSettingsRecord {
+            org_id: org.id,
+            aaguid: vec![1; 16],
+            attestation: "packed".into(),
+            min_pin_length: 4,
+            pin_policy: "user".into(),
+            delegated_session_minutes: 15,
+            attestation_ca_cert: Some(b"ca-1".to_vec()),
+            attestation_ca_key_sealed: Some(b"sealed-under-v1".to_vec()),
+            updated_at: Utc::now(),
+            updated_by: None,
+        };
+        tx.put_org_settings(&rec).await.expect("put");
+        tx.commit().await.expect("commit");
+
+        // A rotation re-wraps the CA key after an admin read the settings …
+        let listed = s
+            .sealed_values(SealedKind::AttestationCaKey)
+            .await
+            .expect("list");
+        let value = listed.iter().find(|v| v.org_id == org.id).expect("listed");
+        assert!(
+            s.replace_sealed_value(value, b"sealed-under-v2")
+                .await
+                .expect("swap")
+        );
+        // … and the admin saves what they read: the re-wrapped key must survive.
+        rec.min_pin_length = 6;
+        let mut tx = s.begin().await.expect("begin");
+        tx.put_org_settings(&rec).await.expect("put stale");
+        tx.commit().await.expect("commit");
+        let saved = s.org_settings(org.id).await.expect("read").expect("row");
+        assert_eq!(saved.min_pin_length, 6);
+        assert_eq!(
+            saved.attestation_ca_key_sealed.as_deref(),
+            Some(&b"sealed-under-v2"[..])
+        );
+
+        // A new CA (another certificate) brings its own key.
+        rec.attestation_ca_cert = Some(b"ca-2".to_vec());
+        rec.attestation_ca_key_sealed = Some(b"new-ca-key".to_vec());
+        let mut tx = s.begin().await.expect("begin");
+        tx.put_org_settings(&rec).await.expect("put new ca");
+        tx.commit().await.expect("commit");
+        let saved = s.org_settings(org.id).await.expect("read").expect("row");
+        assert_eq!(
+            saved.attestation_ca_key_sealed.as_deref(),
+            Some(&b"new-ca-key"[..])
+        );
+    }
+}

@@ -81,7 +81,8 @@ pub enum AuditCommand {
 
 #[derive(Subcommand)]
 pub enum VaultCommand {
-    /// Rewrap every data key under a new key-encryption key version; safe while servers run.
+    /// Re-wrap every data key and every sealed value (directory secrets, attestation keys,
+    /// Temporary Access Passes) under a new key-encryption key version; safe while servers run.
     Rotate {
         #[command(flatten)]
         db: DbArgs,

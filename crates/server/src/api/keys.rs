@@ -667,3 +667,39 @@ pub async fn ctap(
     );
     Ok(resp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_time_pins_have_at_least_eight_digits_and_at_most_sixty_three() {
+        assert_eq!(one_time_pin_length(4), 8);
+        assert_eq!(one_time_pin_length(8), 8);
+        assert_eq!(one_time_pin_length(12), 12);
+        assert_eq!(one_time_pin_length(63), 63);
+        assert_eq!(one_time_pin_length(-1), 8);
+        assert_eq!(one_time_pin_length(99), 63);
+        for len in [8, 12, 63] {
+            let pin = new_one_time_pin(len);
+            assert_eq!(pin.len(), len);
+            assert!(pin.bytes().all(|b| b.is_ascii_digit()), "{}", pin.as_str());
+        }
+    }
+
+    #[test]
+    fn one_time_pin_digits_are_spread_over_all_ten() {
+        // 10,000 digits: each of the ten appears 1,000 times give or take 30 (one standard
+        // deviation); a stuck or grossly skewed generator falls outside five of them.
+        let mut counts = [0u32; 10];
+        for _ in 0..1250 {
+            for b in new_one_time_pin(8).bytes() {
+                counts[usize::from(b - b'0')] += 1;
+            }
+        }
+        for (digit, n) in counts.iter().enumerate() {
+            assert!((850..=1150).contains(n), "digit {digit} appeared {n} times");
+        }
+        assert_ne!(new_one_time_pin(8).as_str(), new_one_time_pin(8).as_str());
+    }
+}

@@ -8,6 +8,10 @@
 //!   that finds its own row gone (it stalled past the lease and was pruned) claims its tools again.
 //! - **Notifications** carry ids and fixed reason words only, never secrets; the receiver re-reads
 //!   what it needs (the session, the key) from the database and checks the organisation.
+//! - **Acknowledged attach.** The replica holding a tool answers `Attach` with `Attached` once the
+//!   tool shows the session; the sender reports the session as connected only then. A replica
+//!   killed within its lease never answers, so Connect learns it within [`ATTACH_ACK_TIMEOUT`]
+//!   instead of claiming success (the caller ends the session and audits it).
 //! - **Lost notifications.** While the `LISTEN` connection is down, notifications are lost. When
 //!   it comes back (and every [`RESYNC_EVERY`] as a safety net) the replica re-reads, for each tool
 //!   it holds, what the database says the tool should show, and fixes the difference.

@@ -11,7 +11,8 @@
 //! Replicas: on PostgreSQL several `keyward serve` processes share the work (see [`cluster`]). A
 //! tool's connection lives on one replica; presence rows (replica id + heartbeat lease) tell every
 //! replica whether an admin's tool is online, and attach/detach/disconnect travel as PostgreSQL
-//! notifications carrying ids only. On SQLite one process holds every connection and the same
+//! notifications carrying ids only; an attach counts as done once the replica holding the tool
+//! acknowledges it. On SQLite one process holds every connection and the same
 //! calls act in memory.
 //!
 //! Policy: a delegated session runs with `Policy { registration_only: true }` (the engine refuses

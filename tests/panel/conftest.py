@@ -12,14 +12,9 @@ Screenshots go to a temporary directory, or to KEYWARD_SCREENSHOT_DIR when it is
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,16 +26,17 @@ from panel_support import (
     CHROMIUM_ARGS,
     DEMO_USERS,
     ORG,
-    PASSWORD,
-    ROLES,
     ROOT,
     SIM_CLIENT,
     SIM_SECRET,
     SIM_TENANT,
     SIM_USERS,
+    Serve,
+    binary,
     email_of,
-    free_port,
-    run_cli,
+    http,
+    sign_in_page,
+    stop_process,
 )
 
 # The suite shares two cores with cargo and a debug-build server: give the browser time.
@@ -57,21 +53,7 @@ class Server:
 
     def api(self, method: str, path: str, body=None, token: str | None = None):
         """Calls the REST API with a bearer token; returns (status, parsed JSON or None)."""
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {token or self.token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as res:
-                raw = res.read()
-                return res.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            try:
-                return e.code, json.loads(raw) if raw else None
-            except ValueError:
-                return e.code, None
+        return http(method, self.url + "/api/v1" + path, body, token or self.token, timeout=10)
 
     def offers(self, method: str, path: str) -> bool:
         """Whether the server's OpenAPI document lists `method path` (path under /api/v1)."""
@@ -80,48 +62,10 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server():
-    binary = os.environ.get("KEYWARD_BIN", str(ROOT / "target" / "debug" / "keyward"))
-    if not Path(binary).exists():
-        pytest.fail(f"no keyward binary at {binary}: run `cargo build -p keyward` or set KEYWARD_BIN")
-    data_dir = tempfile.mkdtemp(prefix="keyward-panel-")
-    port = free_port()
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_") or k == "KEYWARD_BIN"
-    }
-    env.pop("KEYWARD_BIN", None)
-    env.update(
-        {
-            "KEYWARD_LISTEN": f"127.0.0.1:{port}",
-            "KEYWARD_DATA_DIR": data_dir,
-            "RUST_LOG": env.get("RUST_LOG", "warn"),
-        }
-    )
-    run_cli(binary, env, "org", "create", ORG)
-    for role in ROLES:
-        run_cli(binary, env, "admin", "create", "--org", ORG, "--email", email_of(role), "--role", role,
-                stdin=PASSWORD + "\n")
-    token = run_cli(binary, env, "token", "create", "--email", email_of("owner"), "--name", "panel-tests")
-
-    log = open(Path(data_dir) / "serve.log", "w")
-    proc = subprocess.Popen([binary, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            log.close()
-            pytest.fail("keyward serve exited: " + (Path(data_dir) / "serve.log").read_text()[-2000:])
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1) as res:
-                if res.status == 200:
-                    break
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("keyward serve did not answer /healthz within 60 s")
-        time.sleep(0.2)
-
-    srv = Server(url=url, env=env, binary=binary, token=token)
+    serve = Serve("keyward-panel-")
+    token = serve.seed(ORG, "panel-tests")
+    serve.start()
+    srv = Server(url=serve.url, env=serve.env, binary=serve.binary, token=token)
     status, doc = srv.api("GET", "/openapi.json")
     if status == 200 and doc:
         srv.paths = {(m, p) for p, ops in doc.get("paths", {}).items() for m in ops}
@@ -135,28 +79,15 @@ def server():
         assert status == 201, (status, user)
         srv.users.append(user)
     yield srv
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
-    if os.environ.get("KEYWARD_KEEP_DATA"):
-        print(f"kept {data_dir}")
-    else:
-        shutil.rmtree(data_dir, ignore_errors=True)
+    serve.stop()
 
 
 @pytest.fixture(scope="session")
 def graph_sim():
     """The Graph simulator (binary from KEYWARD_GRAPH_SIM_BIN), serving one tenant on loopback."""
-    binary = os.environ.get("KEYWARD_GRAPH_SIM_BIN", str(ROOT / "target" / "debug" / "keyward-graph-sim"))
-    if not Path(binary).exists():
-        pytest.skip(f"no keyward-graph-sim at {binary}: cargo build -p keyward-graph-sim")
     proc = subprocess.Popen(
-        [binary, "--users", str(SIM_USERS), "--tenant-id", SIM_TENANT, "--client-id", SIM_CLIENT,
-         "--client-secret", SIM_SECRET],
+        [binary("KEYWARD_GRAPH_SIM_BIN", "keyward-graph-sim", "keyward-graph-sim"), "--users", str(SIM_USERS),
+         "--tenant-id", SIM_TENANT, "--client-id", SIM_CLIENT, "--client-secret", SIM_SECRET],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     line = proc.stdout.readline()
@@ -165,12 +96,7 @@ def graph_sim():
         pytest.fail(f"keyward-graph-sim did not start: {line!r}")
     url = line.split("listening on ", 1)[1].strip()
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
 
 
 @pytest.fixture(scope="session")
@@ -211,14 +137,8 @@ class Problems:
 
 def sign_in(browser, server: Server, role: str, viewport=None):
     """A new browser context signed in as the admin of `role`, through the sign-in page."""
-    context = browser.new_context(base_url=server.url, viewport=viewport or {"width": 1280, "height": 860})
-    page = context.new_page()
-    page.problems = Problems(page)
-    page.goto("/sign-in")
-    page.get_by_label("E-mail address").fill(email_of(role))
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in", exact=True).click()
-    page.wait_for_url("**/users")
+    page = sign_in_page(browser, server.url, email_of(role), viewport=viewport,
+                        watch=lambda p: setattr(p, "problems", Problems(p)))
     page.wait_for_selector("#whoami:has-text('" + role + "')")
     return page
 

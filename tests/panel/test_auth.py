@@ -9,21 +9,14 @@ WebAuthn does not accept an IP address as relying-party id.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import subprocess
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
-from panel_support import ROOT, free_port, run_cli
+from panel_support import Serve, http, run_cli
 
 ORG = "Fresh Start Ltd"
 OWNER = "founder@fresh.test"
@@ -39,68 +32,31 @@ class Fresh:
         self.env = env
 
     def post(self, path: str, body: dict) -> tuple[int, dict | None]:
-        req = urllib.request.Request(
-            self.url + "/api/v1" + path, data=json.dumps(body).encode(), method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=10) as res:
-                return res.status, json.loads(res.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
+        return http("POST", self.url + "/api/v1" + path, body, timeout=10)
 
 
 @pytest.fixture(scope="module")
 def fresh():
     """`keyward serve` on an empty data directory; its printed set-up link."""
-    binary = os.environ.get("KEYWARD_BIN", str(ROOT / "target" / "debug" / "keyward"))
-    if not Path(binary).exists():
-        pytest.fail(f"no keyward binary at {binary}: run `cargo build -p keyward` or set KEYWARD_BIN")
-    data_dir = tempfile.mkdtemp(prefix="keyward-auth-")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")}
-    env.update({"KEYWARD_LISTEN": f"127.0.0.1:{port}", "KEYWARD_DATA_DIR": data_dir,
-                "RUST_LOG": env.get("RUST_LOG", "warn")})
-    log_path = Path(data_dir) / "serve.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([binary, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
+    serve = Serve("keyward-auth-", host="localhost")
+    serve.start()
+    log_path = serve.log_path
     link = None
     deadline = time.monotonic() + 60
     while link is None:
-        if proc.poll() is not None:
-            pytest.fail("keyward serve exited: " + log_path.read_text()[-2000:])
         found = re.search(r"(http://localhost:\d+/setup#token=\S+)", log_path.read_text())
         if found:
             link = found.group(1)
         elif time.monotonic() > deadline:
-            proc.kill()
+            serve.stop()
             pytest.fail("no set-up link within 60 s: " + log_path.read_text()[-2000:])
         else:
             time.sleep(0.2)
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1) as res:
-                if res.status == 200:
-                    break
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("keyward serve did not answer /healthz")
-        time.sleep(0.2)
-    assert link.startswith(url + "/setup#token=")
+    assert link.startswith(serve.url + "/setup#token=")
     # The token is printed on stderr only, never into the log lines.
     assert "token=" not in "".join(l for l in log_path.read_text().splitlines(True) if " INFO " in l or " WARN " in l)
-    yield Fresh(url, link, log_path, binary, env)
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    yield Fresh(serve.url, link, log_path, serve.binary, serve.env)
+    serve.stop()
 
 
 def virtual_authenticator(context, page):

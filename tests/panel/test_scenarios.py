@@ -22,18 +22,12 @@ this module; the admin works through the panel as a person would:
 from __future__ import annotations
 
 import base64
-import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +35,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from panel_support import PASSWORD, ROLES, ROOT, email_of, free_port, run_cli
+from panel_support import ROOT, Serve, binary, email_of, http, run_cli, sign_in_page, stop_process
 
 sys.path.insert(0, str(ROOT / "tests" / "interop"))  # the UDP CTAP-HID connection of the interop suite
 
@@ -64,37 +58,6 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def http(method: str, url: str, body=None, token: str | None = None):
-    """One JSON request; returns (status, parsed body or None)."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=20) as res:
-            raw = res.read()
-            return res.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            return e.code, json.loads(raw) if raw else None
-        except ValueError:
-            return e.code, None
-
-
-def stop_process(proc: subprocess.Popen | None, sig=signal.SIGTERM) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @dataclass
 class Keyward:
     url: str
@@ -108,53 +71,17 @@ class Keyward:
 
 @pytest.fixture(scope="module")
 def keyward():
-    binary = os.environ.get("KEYWARD_BIN", str(ROOT / "target" / "debug" / "keyward"))
-    if not Path(binary).exists():
-        pytest.fail(f"no keyward binary at {binary}: run `cargo build -p keyward` or set KEYWARD_BIN")
-    data_dir = tempfile.mkdtemp(prefix="keyward-scenarios-")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")}
-    env.update({"KEYWARD_LISTEN": f"127.0.0.1:{port}", "KEYWARD_DATA_DIR": data_dir,
-                "RUST_LOG": env.get("RUST_LOG", "warn")})
-    run_cli(binary, env, "org", "create", ORG)
-    for role in ROLES:
-        run_cli(binary, env, "admin", "create", "--org", ORG, "--email", email_of(role), "--role", role,
-                stdin=PASSWORD + "\n")
-    token = run_cli(binary, env, "token", "create", "--email", email_of("owner"), "--name", "scenarios")
-    log = open(Path(data_dir) / "serve.log", "w")
-    proc = subprocess.Popen([binary, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            log.close()
-            pytest.fail("keyward serve exited: " + (Path(data_dir) / "serve.log").read_text()[-2000:])
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1) as res:
-                if res.status == 200:
-                    break
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("keyward serve did not answer /healthz within 60 s")
-        time.sleep(0.2)
-    yield Keyward(url=url, env=env, binary=binary, token=token)
-    stop_process(proc)
-    log.close()
-    if os.environ.get("KEYWARD_KEEP_DATA"):
-        print(f"kept {data_dir}")
-    else:
-        shutil.rmtree(data_dir, ignore_errors=True)
+    serve = Serve("keyward-scenarios-")
+    token = serve.seed(ORG, "scenarios")
+    serve.start()
+    yield Keyward(url=serve.url, env=serve.env, binary=serve.binary, token=token)
+    serve.stop()
 
 
 @pytest.fixture(scope="module")
 def sim():
-    binary = os.environ.get("KEYWARD_GRAPH_SIM_BIN", str(ROOT / "target" / "debug" / "keyward-graph-sim"))
-    if not Path(binary).exists():
-        pytest.fail(f"no keyward-graph-sim at {binary}: cargo build -p keyward-graph-sim")
     proc = subprocess.Popen(
-        [binary, "--users", str(SIM_USERS), "--seed", "7", "--tenant-id", TENANT, "--client-id", CLIENT,
+        [binary("KEYWARD_GRAPH_SIM_BIN", "keyward-graph-sim", "keyward-graph-sim"), "--users", str(SIM_USERS), "--seed", "7", "--tenant-id", TENANT, "--client-id", CLIENT,
          "--client-secret", SECRET],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -171,9 +98,7 @@ class PairTool:
     """One `keyward-pair` home running `run --udp 127.0.0.1:0`."""
 
     def __init__(self, home: Path, server: str):
-        self.bin = os.environ.get("KEYWARD_PAIR_BIN", str(ROOT / "target" / "debug" / "keyward-pair"))
-        if not Path(self.bin).exists():
-            pytest.fail(f"no keyward-pair at {self.bin}: cargo build -p keyward-pair")
+        self.bin = binary("KEYWARD_PAIR_BIN", "keyward-pair", "keyward-pair")
         self.home, self.server = home, server
         self.proc: subprocess.Popen | None = None
         self.address: tuple[str, int] | None = None
@@ -211,16 +136,11 @@ class PairTool:
 
 
 def sign_in(browser, server: Keyward, role: str):
-    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 860})
-    page = context.new_page()
-    page.errors = []
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.goto("/sign-in")
-    page.get_by_label("E-mail address").fill(email_of(role))
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in", exact=True).click()
-    page.wait_for_url("**/users")
-    return page
+    def watch(page):
+        page.errors = []
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
+
+    return sign_in_page(browser, server.url, email_of(role), watch=watch)
 
 
 def rows(page):

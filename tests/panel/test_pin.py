@@ -13,24 +13,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import shutil
-import subprocess
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
-from panel_support import PASSWORD, ROLES, ROOT, email_of, free_port, run_cli
+from panel_support import Serve, email_of, http, sign_in_page, stop_process
 
 ORG = "Pin Org"
 PIN = re.compile(r"^\d{8}$")
+SHOWN: list[str] = []  # every PIN the tests saw, to look for in the server's log at the end
 
 
 @dataclass
@@ -39,18 +33,7 @@ class Keyward:
     token: str
 
     def api(self, method: str, path: str, body=None):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {self.token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as res:
-                raw = res.read()
-                return res.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            return e.code, json.loads(raw) if raw else None
+        return http(method, self.url + "/api/v1" + path, body, self.token)
 
     def user(self, upn: str, name: str) -> dict:
         status, user = self.api("POST", "/users", {"upn": upn, "display_name": name})
@@ -60,67 +43,25 @@ class Keyward:
 
 @pytest.fixture(scope="module")
 def keyward():
-    binary = os.environ.get("KEYWARD_BIN", str(ROOT / "target" / "debug" / "keyward"))
-    if not Path(binary).exists():
-        pytest.fail(f"no keyward binary at {binary}: run `cargo build -p keyward` or set KEYWARD_BIN")
-    data_dir = tempfile.mkdtemp(prefix="keyward-pins-")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")}
-    env.update({"KEYWARD_LISTEN": f"127.0.0.1:{port}", "KEYWARD_DATA_DIR": data_dir,
-                "RUST_LOG": env.get("RUST_LOG", "warn")})
-    run_cli(binary, env, "org", "create", ORG)
-    for role in ROLES:
-        run_cli(binary, env, "admin", "create", "--org", ORG, "--email", email_of(role), "--role", role,
-                stdin=PASSWORD + "\n")
-    token = run_cli(binary, env, "token", "create", "--email", email_of("owner"), "--name", "pins")
-    log = open(Path(data_dir) / "serve.log", "w")
-    proc = subprocess.Popen([binary, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            log.close()
-            pytest.fail("keyward serve exited: " + (Path(data_dir) / "serve.log").read_text()[-2000:])
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1) as res:
-                if res.status == 200:
-                    break
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("keyward serve did not answer /healthz within 60 s")
-        time.sleep(0.2)
-    yield Keyward(url=url, token=token)
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
-    logged = (Path(data_dir) / "serve.log").read_text()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    serve = Serve("keyward-pins-")
+    token = serve.seed(ORG, "pins")
+    serve.start()
+    yield Keyward(url=serve.url, token=token)
+    stop_process(serve.proc)  # the whole log is written once the server has stopped
+    logged = serve.log_path.read_text()
+    serve.stop()
     # Nothing the server wrote mentions a PIN shown in these tests.
     for pin in SHOWN:
         assert pin not in logged, "a one-time PIN in the server's log"
 
 
-SHOWN: list[str] = []
-
-
 def sign_in(browser, server: Keyward, role: str):
-    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 860},
-                                  accept_downloads=True)
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
-    page = context.new_page()
-    page.errors = []
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.goto("/sign-in")
-    page.get_by_label("E-mail address").fill(email_of(role))
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in", exact=True).click()
-    page.wait_for_url("**/users")
+    def watch(page):
+        page.errors = []
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
+
+    page = sign_in_page(browser, server.url, email_of(role), watch=watch)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
     page.wait_for_selector("#whoami:has-text('" + role + "')")
     return page
 

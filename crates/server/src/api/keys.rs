@@ -521,11 +521,13 @@ pub async fn revoke(
     .await
 }
 
-/// Sets a new one-time PIN on a key whatever the organisation's PIN policy: the helpdesk's answer
-/// to "I forgot my PIN" and "my PIN is blocked". The key forces the user to change it at first
-/// use (CTAP forcePINChange); the PIN retries are reset and the key's PIN tokens dropped, and
-/// nothing else changes (the credentials stay). A revoked or suspended key is refused (409): a
-/// suspended key takes no changes until it is resumed.
+/// Sets a new one-time PIN on a user's key.
+///
+/// Whatever the organisation's PIN policy: the helpdesk's answer to "I forgot my PIN" and "my PIN
+/// is blocked". The key forces the user to change it at first use (CTAP forcePINChange); the PIN
+/// retries are reset and the key's PIN tokens dropped, and nothing else changes (the credentials
+/// stay). A revoked or suspended key is refused (409): a suspended key takes no changes until it
+/// is resumed.
 #[utoipa::path(post, path = "/api/v1/keys/{id}/pin", params(("id" = Uuid, Path)),
     responses((status = 200, body = OneTimePinSet, description = "The one-time PIN, shown this once (Cache-Control: no-store)"),
               (status = "4XX", body = Problem, content_type = "application/problem+json")))]

@@ -17,28 +17,15 @@
 //! `KEYWARD_BENCH_OPS` sets N (default 2000). The softkey's own log level follows `RUST_LOG`
 //! (default `info`, which logs one line per presence check).
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keyward_ctap::cbor::{self, Value};
-use keyward_ctap::hid::{BROADCAST_CID, REPORT_SIZE, cmd};
+use keyward_ctap::hid::cmd;
+use keyward_testkit::{UdpHost, get_assertion_request, make_credential, sign_count, spawn_softkey};
 
 const RP_ID: &str = "bench.keyward.example";
 const DEFAULT_OPS: usize = 2000;
 const WARMUP: usize = 20;
-
-/// Kills the softkey by its PID when dropped, also when the benchmark panics.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `KEYWARD_BIN`, else the binary cargo built for this bench. A relative `KEYWARD_BIN` that does
 /// not exist from the current directory (cargo runs benches in the package directory) is taken
@@ -54,176 +41,6 @@ fn keyward_bin() -> PathBuf {
         return std::fs::canonicalize(&joined).unwrap_or(joined);
     }
     bin
-}
-
-/// Starts the softkey and returns it with the address from its ready line.
-fn spawn_softkey(bin: &PathBuf, state: &std::path::Path) -> (ChildGuard, SocketAddr) {
-    let child = Command::new(bin)
-        .args(["softkey", "--udp", "127.0.0.1:0", "--state"])
-        .arg(state)
-        .args(["--attestation", "none"])
-        .env_remove("KEYWARD_SOFTKEY_PASSPHRASE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
-    let mut guard = ChildGuard(child);
-    // Drain stderr (logs) so the softkey never blocks on a full pipe.
-    let mut stderr = guard.0.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        let mut sink = [0u8; 4096];
-        while matches!(stderr.read(&mut sink), Ok(n) if n > 0) {}
-    });
-    let stdout = guard.0.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("softkey exited before its ready line")
-            .expect("reading the softkey's stdout");
-        if let Some(addr) = line.strip_prefix("keyward softkey listening on ") {
-            break addr.trim().parse().expect("ready line address");
-        }
-    };
-    // Keep draining stdout too.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    (guard, address)
-}
-
-/// A minimal CTAP-HID host over UDP.
-struct Host {
-    socket: UdpSocket,
-    cid: u32,
-}
-
-impl Host {
-    fn connect(server: SocketAddr) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.connect(server).expect("connect");
-        socket
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("read timeout");
-        let mut host = Host {
-            socket,
-            cid: BROADCAST_CID,
-        };
-        let nonce = [0x5A; 8];
-        let (command, response) = host.call(cmd::INIT, &nonce);
-        assert_eq!(command, cmd::INIT, "INIT answer");
-        assert_eq!(response[..8], nonce, "INIT nonce echoed");
-        host.cid = u32::from_be_bytes([response[8], response[9], response[10], response[11]]);
-        assert_eq!(response[16] & 0x04, 0x04, "CBOR capability");
-        host
-    }
-
-    /// Sends a message and returns the first non-KEEPALIVE answer, reassembled.
-    fn call(&self, command: u8, payload: &[u8]) -> (u8, Vec<u8>) {
-        for report in keyward_ctap::hid::fragment(self.cid, command, payload) {
-            self.socket.send(&report).expect("send");
-        }
-        loop {
-            let first = self.recv();
-            if first[4] == 0x80 | cmd::KEEPALIVE {
-                continue;
-            }
-            assert_eq!(first[4] & 0x80, 0x80, "an init packet");
-            let len = usize::from(u16::from_be_bytes([first[5], first[6]]));
-            let mut data = first[7..].to_vec();
-            while data.len() < len {
-                data.extend_from_slice(&self.recv()[5..]);
-            }
-            data.truncate(len);
-            return (first[4] & 0x7F, data);
-        }
-    }
-
-    /// A CTAP2 command over CTAPHID_CBOR; returns the decoded response map.
-    fn cbor(&self, ctap_cmd: u8, request: &Value) -> Value {
-        let mut payload = vec![ctap_cmd];
-        payload.extend_from_slice(&cbor::encode(request));
-        let (command, response) = self.call(cmd::CBOR, &payload);
-        assert_eq!(command, cmd::CBOR, "CBOR answer (got {command:#04x})");
-        assert_eq!(response.first(), Some(&0x00), "CTAP2 status OK");
-        cbor::decode(&response[1..]).expect("canonical CBOR response")
-    }
-
-    fn recv(&self) -> [u8; REPORT_SIZE] {
-        let mut report = [0u8; REPORT_SIZE];
-        let n = self.socket.recv(&mut report).expect("a reply within 5 s");
-        assert_eq!(n, REPORT_SIZE, "one 64-byte report per datagram");
-        report
-    }
-}
-
-fn make_credential(host: &Host) -> Vec<u8> {
-    let request = cbor::int_map(vec![
-        (1, Value::bytes([0x11; 32])),
-        (
-            2,
-            cbor::text_map(vec![
-                ("id", Value::text(RP_ID)),
-                ("name", Value::text("Bench")),
-            ]),
-        ),
-        (
-            3,
-            cbor::text_map(vec![
-                ("id", Value::bytes(b"bench-user".to_vec())),
-                ("name", Value::text("bench")),
-            ]),
-        ),
-        (
-            4,
-            Value::Array(vec![cbor::text_map(vec![
-                ("alg", Value::int(-7)),
-                ("type", Value::text("public-key")),
-            ])]),
-        ),
-        (
-            7,
-            cbor::text_map(vec![("rk", Value::Bool(false)), ("up", Value::Bool(true))]),
-        ),
-    ]);
-    let response = host.cbor(0x01, &request);
-    let auth_data = response
-        .map_get_int(2)
-        .and_then(Value::as_bytes)
-        .expect("authData");
-    // rpIdHash(32) flags(1) signCount(4) aaguid(16) credentialIdLength(2) credentialId
-    assert_eq!(auth_data[32] & 0x40, 0x40, "attested credential data");
-    let len = usize::from(u16::from_be_bytes([auth_data[53], auth_data[54]]));
-    auth_data[55..55 + len].to_vec()
-}
-
-fn get_assertion_request(credential_id: &[u8]) -> Vec<u8> {
-    let request = cbor::int_map(vec![
-        (1, Value::text(RP_ID)),
-        (2, Value::bytes([0x22; 32])),
-        (
-            3,
-            Value::Array(vec![cbor::text_map(vec![
-                ("id", Value::bytes(credential_id.to_vec())),
-                ("type", Value::text("public-key")),
-            ])]),
-        ),
-        (5, cbor::text_map(vec![("up", Value::Bool(true))])),
-    ]);
-    let mut payload = vec![0x02];
-    payload.extend_from_slice(&cbor::encode(&request));
-    payload
-}
-
-/// Sign count from an assertion's authenticator data.
-fn sign_count(response: &[u8]) -> u32 {
-    assert_eq!(response.first(), Some(&0x00), "CTAP2 status OK");
-    let map = cbor::decode(&response[1..]).expect("canonical CBOR response");
-    let auth_data = map
-        .map_get_int(2)
-        .and_then(Value::as_bytes)
-        .expect("authData");
-    assert_eq!(auth_data[32] & 0x01, 0x01, "user present");
-    u32::from_be_bytes([auth_data[33], auth_data[34], auth_data[35], auth_data[36]])
 }
 
 struct Stats {
@@ -317,11 +134,11 @@ fn main() {
     let bin = keyward_bin();
     let dir = tempfile::tempdir().expect("temporary directory");
     let state = dir.path().join("state");
-    let (child, address) = spawn_softkey(&bin, &state);
-    let host = Host::connect(address);
+    let (child, address) = spawn_softkey(&bin, &state, None);
+    let host = UdpHost::connect(address, Duration::from_secs(5));
 
-    let credential_id = make_credential(&host);
-    let request = get_assertion_request(&credential_id);
+    let credential_id = make_credential(&host, RP_ID);
+    let request = get_assertion_request(RP_ID, &credential_id);
 
     let mut last_count = 0u32;
     let mut assertion = || {

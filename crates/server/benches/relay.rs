@@ -22,35 +22,26 @@
 //! tools (default 1000). Both servers fsync per operation (the softkey its state file, the server
 //! its SQLite transaction), so the figures include each one's durability cost.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use keyward_ctap::cbor::{self, Value};
-use keyward_ctap::hid::{BROADCAST_CID, REPORT_SIZE, cmd};
+use keyward_ctap::hid::cmd;
 use keyward_pair::protocol::{ClientMessage, ServerMessage};
 use keyward_pair::relay::{Backoff, RelayClient, RelayConfig, RelayEvent};
 use keyward_pair::state::DeviceKey;
+use keyward_testkit::{
+    ChildGuard, UdpHost, drain, get_assertion_request, make_credential, spawn_softkey,
+};
 use serde_json::{Value as Json, json};
 
 const RP_ID: &str = "bench.keyward.example";
 const ROUND: usize = 100;
 const WARMUP: usize = 20;
-
-/// Kills a child process by its PID when dropped, also when the benchmark panics.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -111,16 +102,6 @@ fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
-}
-
-/// Drains a child's pipe on a thread, handing each line to `on_line` (so it never blocks).
-fn drain(pipe: impl Read + Send + 'static, on_line: impl Fn(&str) + Send + 'static) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { return };
-            on_line(&line);
-        }
-    });
 }
 
 /// `keyward serve` on a fresh data directory, with an organisation, an admin and an API token.
@@ -245,124 +226,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A minimal CTAP-HID host over UDP (64-byte reports, one per datagram).
-struct Host {
-    socket: UdpSocket,
-    cid: u32,
-}
-
-impl Host {
-    fn connect(target: SocketAddr) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.connect(target).expect("connect");
-        socket
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let mut host = Host {
-            socket,
-            cid: BROADCAST_CID,
-        };
-        let nonce = [0x4B; 8];
-        let (command, response) = host.call(cmd::INIT, &nonce);
-        assert_eq!(command, cmd::INIT);
-        assert_eq!(response[..8], nonce);
-        host.cid = u32::from_be_bytes([response[8], response[9], response[10], response[11]]);
-        host
-    }
-
-    fn call(&self, command: u8, payload: &[u8]) -> (u8, Vec<u8>) {
-        for report in keyward_ctap::hid::fragment(self.cid, command, payload) {
-            self.socket.send(&report).expect("send");
-        }
-        loop {
-            let first = self.recv();
-            if first[4] == 0x80 | cmd::KEEPALIVE {
-                continue;
-            }
-            let len = usize::from(u16::from_be_bytes([first[5], first[6]]));
-            let mut data = first[7..].to_vec();
-            while data.len() < len {
-                data.extend_from_slice(&self.recv()[5..]);
-            }
-            data.truncate(len);
-            return (first[4] & 0x7F, data);
-        }
-    }
-
-    fn ctap(&self, request: &[u8]) -> Vec<u8> {
-        let (command, response) = self.call(cmd::CBOR, request);
-        assert_eq!(command, cmd::CBOR, "CBOR answer (got {command:#04x})");
-        assert_eq!(
-            response.first(),
-            Some(&0x00),
-            "CTAP2 status OK (got {response:02x?})"
-        );
-        response
-    }
-
-    fn recv(&self) -> [u8; REPORT_SIZE] {
-        let mut report = [0u8; REPORT_SIZE];
-        let n = self.socket.recv(&mut report).expect("a reply in time");
-        assert_eq!(n, REPORT_SIZE);
-        report
-    }
-}
-
-fn make_credential(host: &Host) -> Vec<u8> {
-    let request = cbor::int_map(vec![
-        (1, Value::bytes([0x11; 32])),
-        (
-            2,
-            cbor::text_map(vec![
-                ("id", Value::text(RP_ID)),
-                ("name", Value::text("Bench")),
-            ]),
-        ),
-        (
-            3,
-            cbor::text_map(vec![
-                ("id", Value::bytes(b"bench-user".to_vec())),
-                ("name", Value::text("bench")),
-            ]),
-        ),
-        (
-            4,
-            Value::Array(vec![cbor::text_map(vec![
-                ("alg", Value::int(-7)),
-                ("type", Value::text("public-key")),
-            ])]),
-        ),
-        (7, cbor::text_map(vec![("rk", Value::Bool(false))])),
-    ]);
-    let mut payload = vec![0x01];
-    payload.extend_from_slice(&cbor::encode(&request));
-    let response = host.ctap(&payload);
-    let map = cbor::decode(&response[1..]).expect("CBOR");
-    let auth_data = map
-        .map_get_int(2)
-        .and_then(Value::as_bytes)
-        .expect("authData");
-    let len = usize::from(u16::from_be_bytes([auth_data[53], auth_data[54]]));
-    auth_data[55..55 + len].to_vec()
-}
-
-fn get_assertion_request(credential_id: &[u8]) -> Vec<u8> {
-    let request = cbor::int_map(vec![
-        (1, Value::text(RP_ID)),
-        (2, Value::bytes([0x22; 32])),
-        (
-            3,
-            Value::Array(vec![cbor::text_map(vec![
-                ("id", Value::bytes(credential_id.to_vec())),
-                ("type", Value::text("public-key")),
-            ])]),
-        ),
-    ]);
-    let mut payload = vec![0x02];
-    payload.extend_from_slice(&cbor::encode(&request));
-    payload
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -370,31 +233,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
-}
-
-/// Starts `keyward softkey --udp` on a fresh state file; returns it with its address.
-fn spawn_softkey(bin: &Path, dir: &Path) -> (ChildGuard, SocketAddr) {
-    let mut child = Command::new(bin)
-        .args(["softkey", "--udp", "127.0.0.1:0", "--state"])
-        .arg(dir.join("softkey.state"))
-        .args(["--attestation", "none"])
-        .env_remove("KEYWARD_SOFTKEY_PASSPHRASE")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("keyward softkey");
-    drain(child.stderr.take().expect("stderr"), |_| {});
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let address = loop {
-        let line = lines.next().expect("softkey ready line").expect("stdout");
-        if let Some(a) = line.strip_prefix("keyward softkey listening on ") {
-            break a.trim().parse().expect("address");
-        }
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    (ChildGuard(child), address)
 }
 
 /// `keyward-pair activate` then `run --udp`; returns it with its address.
@@ -438,7 +276,7 @@ fn spawn_user_tool(pair: &Path, home: &Path, server: &str, code: &str) -> (Child
     }
     let address = address.expect("keyward-pair run printed its address");
     // Wait for the key to be attached: a getInfo answers OK once it is.
-    let host = Host::connect(address);
+    let host = UdpHost::connect(address, Duration::from_secs(10));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, r) = host.call(cmd::CBOR, &[0x04]);
@@ -489,18 +327,18 @@ fn round_trips(
         a["code"].as_str().expect("code").to_owned()
     });
     let (_tool, tool_addr) = spawn_user_tool(pair, &dir.join("pair-home"), &server.base, &code);
-    let (_softkey, soft_addr) = spawn_softkey(keyward, dir);
+    let (_softkey, soft_addr) = spawn_softkey(keyward, &dir.join("softkey.state"), Some("warn"));
 
     let targets = [
         ("keyward softkey --udp (direct)", soft_addr),
         ("keyward-pair --udp → relay → keyward serve", tool_addr),
     ];
-    let hosts: Vec<(Host, Vec<u8>)> = targets
+    let hosts: Vec<(UdpHost, Vec<u8>)> = targets
         .iter()
         .map(|(_, addr)| {
-            let host = Host::connect(*addr);
-            let cred = make_credential(&host);
-            let request = get_assertion_request(&cred);
+            let host = UdpHost::connect(*addr, Duration::from_secs(10));
+            let cred = make_credential(&host, RP_ID);
+            let request = get_assertion_request(RP_ID, &cred);
             for _ in 0..WARMUP {
                 host.ctap(&request);
             }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use keyward_authenticator::{KeyState, Store, StoredCredential, UserEntity};
 use keyward_ctap::cbor;
-use keyward_ctap::hid::{BROADCAST_CID, REPORT_SIZE, cmd};
+use keyward_ctap::hid::cmd;
+use keyward_testkit::UdpHost;
 
 use super::*;
 
@@ -323,63 +324,6 @@ fn presence_modes() {
     assert!(!signals.up_needed.load(Ordering::SeqCst));
 }
 
-/// A minimal CTAP-HID host over UDP.
-struct Host {
-    socket: UdpSocket,
-    cid: u32,
-}
-
-impl Host {
-    fn connect(server: std::net::SocketAddr) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        socket.connect(server).expect("connect");
-        socket
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut host = Host {
-            socket,
-            cid: BROADCAST_CID,
-        };
-        let (command, response) = host.call(cmd::INIT, &[7; 8]);
-        assert_eq!(command, cmd::INIT);
-        assert_eq!(response[..8], [7; 8]);
-        host.cid = u32::from_be_bytes([response[8], response[9], response[10], response[11]]);
-        assert_eq!(response[16] & 0x04, 0x04, "CBOR capability");
-        host
-    }
-
-    fn send_message(&self, command: u8, payload: &[u8]) {
-        for report in keyward_ctap::hid::fragment(self.cid, command, payload) {
-            self.socket.send(&report).expect("send");
-        }
-    }
-
-    /// Sends a message and returns the first non-KEEPALIVE answer, reassembled.
-    fn call(&self, command: u8, payload: &[u8]) -> (u8, Vec<u8>) {
-        self.send_message(command, payload);
-        loop {
-            let first = self.recv();
-            if first[4] == 0x80 | cmd::KEEPALIVE {
-                continue;
-            }
-            let len = usize::from(u16::from_be_bytes([first[5], first[6]]));
-            let mut data = first[7..].to_vec();
-            while data.len() < len {
-                data.extend_from_slice(&self.recv()[5..]);
-            }
-            data.truncate(len);
-            return (first[4] & 0x7F, data);
-        }
-    }
-
-    fn recv(&self) -> [u8; REPORT_SIZE] {
-        let mut report = [0u8; REPORT_SIZE];
-        let n = self.socket.recv(&mut report).expect("a reply within 5 s");
-        assert_eq!(n, REPORT_SIZE);
-        report
-    }
-}
-
 fn start(
     args: &Args,
 ) -> (
@@ -401,7 +345,7 @@ fn start(
 fn ctap_over_udp_get_info_ping_and_odd_datagrams() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (address, signals, handle) = start(&args(dir.path()));
-    let host = Host::connect(address);
+    let host = UdpHost::connect(address, Duration::from_secs(5));
 
     let (command, response) = host.call(cmd::CBOR, &[0x04]);
     assert_eq!(command, cmd::CBOR);
@@ -438,7 +382,7 @@ fn slow_presence_sends_upneeded_keepalives_and_honours_cancel() {
     let mut args = args(dir.path());
     args.presence_delay_ms = 10_000;
     let (address, signals, handle) = start(&args);
-    let host = Host::connect(address);
+    let host = UdpHost::connect(address, Duration::from_secs(5));
 
     // authenticatorSelection (0x0B) waits for presence.
     host.send_message(cmd::CBOR, &[0x0B]);

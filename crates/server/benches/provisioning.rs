@@ -14,6 +14,12 @@
 //! `KEYWARD_BENCH_WRITE_WINDOW_S` and `KEYWARD_BENCH_WRITE_LIMIT` scale the throttle down for
 //! quick runs (e.g. `KEYWARD_BENCH_USERS=1000 KEYWARD_BENCH_IMPORT=10000`);
 //! `KEYWARD_BENCH_CONCURRENCY` sets the items in flight per tenant (default 32).
+//!
+//! Per provisioned user it also prints the context switches of Keyward's threads (voluntary and
+//! not, summed over `/proc/self/task/*/status`: threads that ended during the run are missing, so
+//! the figure is a floor). `KEYWARD_BENCH_COUNT_SQL=1` counts the SQL statements sqlx runs
+//! (transaction BEGIN/COMMIT are not logged by sqlx, so not counted); logging every statement
+//! costs CPU, so the CPU figure of such a run is inflated.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -53,6 +59,52 @@ fn peak_rss_mib() -> f64 {
 /// Resets `VmHWM` to the current RSS (Linux: writing 5 to clear_refs); false if refused.
 fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Voluntary and involuntary context switches of this process's live threads.
+fn context_switches() -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return total;
+    };
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            let value = |l: &str| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            if line.starts_with("voluntary_ctxt_switches:") {
+                total.0 += value(line);
+            } else if line.starts_with("nonvoluntary_ctxt_switches:") {
+                total.1 += value(line);
+            }
+        }
+    }
+    total
+}
+
+/// Counts the statements sqlx logs (target `sqlx::query`), when `KEYWARD_BENCH_COUNT_SQL` is set.
+static SQL_STATEMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+struct SqlCounter;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SqlCounter {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if event.metadata().target() == "sqlx::query" {
+            SQL_STATEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+fn sql_statements() -> u64 {
+    SQL_STATEMENTS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -230,11 +282,26 @@ fn main() {
         return;
     }
     // RUST_LOG=sqlx::query=debug (say) shows what the runner does per item.
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::{EnvFilter, Layer};
+        let log = std::env::var_os("RUST_LOG").is_some().then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(EnvFilter::from_default_env())
+        });
+        let count = std::env::var_os("KEYWARD_BENCH_COUNT_SQL")
+            .is_some()
+            .then(|| {
+                SqlCounter.with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target("sqlx::query", tracing::Level::TRACE),
+                )
+            });
+        if log.is_some() || count.is_some() {
+            tracing_subscriber::registry().with(log).with(count).init();
+        }
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -320,11 +387,13 @@ async fn bench() {
     let count = users.len();
     let reset = reset_peak_rss();
     let (cpu0, sim0) = (cpu_secs("/proc/self/stat"), cpu_secs(&sim.stat()));
+    let (cs0, sql0) = (context_switches(), sql_statements());
     let t0 = Instant::now();
     let params = json!({"rp": "microsoft", "mode": "automated", "directory_id": dir_id, "assign_missing_keys": true});
     let j = run_job(&store, org, PROVISION_KIND, params, &users).await;
     let wall = t0.elapsed();
     let (cpu1, sim1) = (cpu_secs("/proc/self/stat"), cpu_secs(&sim.stat()));
+    let (cs1, sql1) = (context_switches(), sql_statements());
     let keyward_cpu = cpu1 - cpu0;
     drop(sim);
     let items = store
@@ -357,6 +426,20 @@ async fn bench() {
         keyward_cpu * 1000.0,
         keyward_cpu * 1000.0 / count.max(1) as f64,
         (sim1 - sim0) * 1000.0
+    );
+    let per_user = |n: u64| n as f64 / count.max(1) as f64;
+    println!(
+        "  per user: {:.0} voluntary + {:.0} involuntary context switches (live threads){}",
+        per_user(cs1.0.saturating_sub(cs0.0)),
+        per_user(cs1.1.saturating_sub(cs0.1)),
+        if std::env::var_os("KEYWARD_BENCH_COUNT_SQL").is_some() {
+            format!(
+                "; {:.1} SQL statements (BEGIN/COMMIT not counted; CPU inflated by the counting)",
+                per_user(sql1 - sql0)
+            )
+        } else {
+            String::new()
+        }
     );
     println!(
         "  Keyward peak RSS {:.0} MiB {}",

@@ -117,6 +117,39 @@ async fn five_hundred_users_on(db: TestDb) {
     }
     assert_eq!(method_ids.len(), ids.len());
 
+    // Every step is audited, in one unbroken chain, though items share transactions: each user's
+    // key creation, the makeCredential on it and the registration in Entra.
+    let store = &env.ctx.state.store;
+    let report = store
+        .verify_audit()
+        .await
+        .expect("audit")
+        .expect("the audit chain verifies");
+    assert!(report.entries >= 3 * ids.len(), "{report:?}");
+    let audit = store
+        .list_audit(
+            env.org.id,
+            &keyward_store::AuditFilter {
+                limit: 100_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("audit");
+    let count = |action: &str| audit.iter().filter(|e| e.action == action).count();
+    assert_eq!(count("key.create"), ids.len());
+    assert_eq!(count("provisioning.registered"), ids.len());
+    assert!(count("key.ctap.make_credential") >= ids.len());
+    let registered: HashSet<String> = audit
+        .iter()
+        .filter(|e| e.action == "provisioning.registered")
+        .map(|e| e.target.clone())
+        .collect();
+    assert!(
+        ids.iter()
+            .all(|id| registered.contains(&format!("user:{id}")))
+    );
+
     // Provisioning again is idempotent: nothing new is registered.
     let again = env.provision("automated", &ids[..20], false).await;
     let j = env.wait(&again, 60).await;

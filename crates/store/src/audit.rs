@@ -226,6 +226,107 @@ pub(crate) async fn append_cached(
     })
 }
 
+/// An audit entry chained onto a cached head, for a caller that inserts it together with other
+/// statements ([`PreparedEntry::SQL`], bound by [`PreparedEntry::bind_sqlite`]).
+pub(crate) struct PreparedEntry {
+    org_id: Uuid,
+    seq: i64,
+    at: DateTime<Utc>,
+    actor: String,
+    action: String,
+    target: String,
+    detail_text: String,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl PreparedEntry {
+    /// The insert, with its nine parameters numbered from `$first`.
+    pub(crate) fn sql(first: usize) -> String {
+        let p: Vec<String> = (first..first + 9).map(|i| format!("${i}")).collect();
+        format!(
+            "INSERT INTO audit_log (org_id, seq, at, actor, action, target, detail, prev_hash, hash) \
+             VALUES ({})",
+            p.join(", ")
+        )
+    }
+
+    /// Binds the nine values in the order of [`PreparedEntry::sql`].
+    pub(crate) fn bind_sqlite<'q>(
+        self,
+        q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+        q.bind(self.org_id)
+            .bind(self.seq)
+            .bind(self.at)
+            .bind(self.actor)
+            .bind(self.action)
+            .bind(self.target)
+            .bind(self.detail_text)
+            .bind(self.prev_hash)
+            .bind(self.hash)
+    }
+}
+
+/// Makes sure `cache` holds the head of `org_id`'s chain (reading it, or creating it, in this
+/// transaction), so [`prepare_cached`] can chain entries without a round trip.
+pub(crate) async fn load_head(
+    inner: &mut TxInner,
+    cache: &mut HeadCache,
+    org_id: Uuid,
+) -> Result<(), StoreError> {
+    if cache.heads.contains_key(&org_id) {
+        return Ok(());
+    }
+    let head = on_tx!(inner, c => {
+        let head: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE org_id = $1")
+                .bind(org_id).fetch_optional(&mut *c).await?;
+        match head {
+            Some(h) => h,
+            None => {
+                sqlx::query("INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 0, $2)")
+                    .bind(org_id).bind(vec![0u8; 32]).execute(&mut *c).await?;
+                (0, vec![0u8; 32])
+            }
+        }
+    });
+    cache.heads.insert(org_id, head);
+    Ok(())
+}
+
+/// Chains the next entry of `org_id` onto the cached head (loaded by [`load_head`]) and advances
+/// the cache; the caller must insert the entry in the same transaction or roll back to its mark.
+pub(crate) fn prepare_cached(
+    cache: &mut HeadCache,
+    org_id: Uuid,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &Value,
+) -> Result<PreparedEntry, StoreError> {
+    let (prev_seq, prev_hash) = cache
+        .heads
+        .get(&org_id)
+        .cloned()
+        .ok_or_else(|| StoreError::Invalid("audit head not loaded".into()))?;
+    let at = now();
+    let seq = prev_seq + 1;
+    let hash = entry_hash(&prev_hash, seq, org_id, at, actor, action, target, detail);
+    cache.heads.insert(org_id, (seq, hash.clone()));
+    Ok(PreparedEntry {
+        org_id,
+        seq,
+        at,
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        detail_text: canonical_json(detail),
+        prev_hash,
+        hash,
+    })
+}
+
 /// Writes the cached heads back to `audit_heads` and empties the cache.
 pub(crate) async fn flush_heads(
     inner: &mut TxInner,

@@ -13,7 +13,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{Db, Store, StoreError, Tx, from_json_text, now, on_pool, on_tx, to_json_text};
+use crate::{
+    Db, KeyTx, Store, StoreError, Tx, TxInner, UserRecord, from_json_text, now, on_pool, on_tx,
+    to_json_text,
+};
 
 /// Job states as the API shows them.
 pub mod job_state {
@@ -107,6 +110,48 @@ pub struct RpRegistration {
     pub created_by: String,
     pub created_at: DateTime<Utc>,
 }
+
+/// What a provisioning item needs to know about its user before it calls the RP, read at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProvisioningSubject {
+    pub user: UserRecord,
+    /// The directory and the id it knows the user by, for a user imported from one.
+    pub directory_user: Option<(Uuid, String)>,
+    /// The user's key that is not revoked, with its status.
+    pub key: Option<(Uuid, String)>,
+    /// How many of the user's credentials are registered at the RP.
+    pub registrations: i64,
+    /// How many automated credentials on the user's key have no registration at any RP: leftovers
+    /// of an attempt that never reached the RP.
+    pub unregistered_automated: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct SubjectRow {
+    #[sqlx(flatten)]
+    user: UserRecord,
+    du_directory_id: Option<Uuid>,
+    du_external_id: Option<String>,
+    k_id: Option<Uuid>,
+    k_status: Option<String>,
+    registrations: i64,
+    unregistered: i64,
+}
+
+/// A registration at an RP that finishes its job item `done`: written in one transaction with its
+/// audit entry (`provisioning.registered`), the item's result and the job's counter, so neither
+/// exists without the other, and the item's intent is dropped with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRegistration {
+    pub registration: RpRegistration,
+    pub job_id: Uuid,
+    pub audit_detail: Value,
+    pub result: Option<Value>,
+}
+
+const DONE_ITEM_SQL: &str = "UPDATE job_items SET state = 'done', error = NULL, request_id = NULL, not_before = NULL, \
+     result = COALESCE($1, result), updated_at = $2, intent_credential_id = NULL \
+     WHERE job_id = $3 AND user_id = $4 AND state = 'running'";
 
 #[derive(sqlx::FromRow)]
 struct JobRow {
@@ -270,14 +315,7 @@ impl Tx {
     /// ([`Tx::finish_item`], which drops its intent) in the same transaction, so neither can
     /// exist without the other.
     pub async fn insert_rp_registration(&mut self, r: &RpRegistration) -> Result<(), StoreError> {
-        on_tx!(&mut self.inner, c => {
-            sqlx::query(&format!("INSERT INTO rp_registrations ({REG_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                                  ON CONFLICT DO NOTHING"))
-                .bind(r.org_id).bind(r.user_id).bind(r.key_id).bind(&r.credential_id).bind(&r.rp)
-                .bind(r.directory_id).bind(&r.external_id).bind(&r.created_by).bind(r.created_at)
-                .execute(&mut *c).await?;
-        });
-        Ok(())
+        insert_registration(&mut self.inner, r).await
     }
 
     /// Ends an item attempt in this transaction; see [`Store::finish_item`]. A `done` item's
@@ -338,7 +376,190 @@ impl Tx {
     }
 }
 
+impl Tx {
+    /// Records a registration and finishes its item `done` ([`ItemRegistration`]). Returns
+    /// whether the item was still running (it may have been cancelled meanwhile; the
+    /// registration is recorded either way, since the RP has it).
+    pub async fn record_registration(&mut self, r: &ItemRegistration) -> Result<bool, StoreError> {
+        let reg = &r.registration;
+        self.insert_rp_registration(reg).await?;
+        self.append_audit(
+            reg.org_id,
+            &reg.created_by,
+            "provisioning.registered",
+            &format!("user:{}", reg.user_id),
+            r.audit_detail.clone(),
+        )
+        .await?;
+        self.finish_item(
+            r.job_id,
+            reg.user_id,
+            &ItemFinish::Done {
+                result: r.result.clone(),
+            },
+        )
+        .await
+    }
+}
+
+impl KeyTx {
+    /// Records (or clears) a job item's intent in this key operation's transaction, so the
+    /// credential and the intent that names it commit together.
+    pub async fn set_item_intent(
+        &mut self,
+        job_id: Uuid,
+        user_id: Uuid,
+        credential_id: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        on_tx!(&mut self.inner, c => {
+            sqlx::query("UPDATE job_items SET intent_credential_id = $1, updated_at = $2 WHERE job_id = $3 AND user_id = $4")
+                .bind(credential_id).bind(now()).bind(job_id).bind(user_id).execute(&mut *c).await?;
+        });
+        Ok(())
+    }
+
+    /// [`Tx::record_registration`] as one operation of a batch (SQLite group commit): the audit
+    /// head is cached, so the registration, its audit entry, the item and the job's counter are
+    /// written by one multi-statement query. Outside a batch, statement by statement.
+    pub async fn record_registration(&mut self, r: &ItemRegistration) -> Result<bool, StoreError> {
+        let reg = &r.registration;
+        self.org_id = reg.org_id;
+        self.key_id = reg.key_id;
+        let target = format!("user:{}", reg.user_id);
+        let result = r.result.as_ref().map(to_json_text).transpose()?;
+        let at = now();
+        let batched_sqlite = self.batch.is_some() && matches!(self.inner, TxInner::Sqlite(_));
+        if !batched_sqlite {
+            insert_registration(&mut self.inner, reg).await?;
+            self.append_audit(
+                reg.org_id,
+                &reg.created_by,
+                "provisioning.registered",
+                &target,
+                r.audit_detail.clone(),
+            )
+            .await?;
+            return finish_done(&mut self.inner, r.job_id, reg.user_id, result, at).await;
+        }
+        self.released = false;
+        let KeyTx {
+            inner,
+            batch,
+            released,
+            ..
+        } = self;
+        let cache = batch
+            .as_mut()
+            .ok_or_else(|| StoreError::Invalid("not a batch".into()))?;
+        crate::audit::load_head(inner, cache, reg.org_id).await?;
+        let entry = crate::audit::prepare_cached(
+            cache,
+            reg.org_id,
+            &reg.created_by,
+            "provisioning.registered",
+            &target,
+            &r.audit_detail,
+        )?;
+        let TxInner::Sqlite(t) = inner else {
+            return Err(StoreError::Invalid("not a SQLite batch".into()));
+        };
+        let c: &mut sqlx::SqliteConnection = &mut *t;
+        // The job's counter moves only if the item did: `changes()` is the row count of the
+        // statement before it. (Row counts of a multi-statement query cannot be told apart, so
+        // the result is read from RETURNING.)
+        let sql = format!(
+            "{DONE_ITEM_SQL}; UPDATE jobs SET done = done + 1, updated_at = $2 WHERE id = $3 AND changes() = 1 \
+             RETURNING id; \
+             INSERT INTO rp_registrations ({REG_COLUMNS}) VALUES ($5, $4, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT DO NOTHING; {}; {}",
+            crate::audit::PreparedEntry::sql(13),
+            crate::keys::KEEP_OP
+        );
+        let q = sqlx::query(&sql)
+            .bind(&result)
+            .bind(at)
+            .bind(r.job_id)
+            .bind(reg.user_id)
+            .bind(reg.org_id)
+            .bind(reg.key_id)
+            .bind(&reg.credential_id)
+            .bind(&reg.rp)
+            .bind(reg.directory_id)
+            .bind(&reg.external_id)
+            .bind(&reg.created_by)
+            .bind(reg.created_at);
+        // Only the job's counter returns a row: when the item was still running.
+        let rows = entry.bind_sqlite(q).fetch_all(&mut *c).await?;
+        // The operation's savepoint is released with it (see `KeyTx::end_op`).
+        *released = true;
+        Ok(!rows.is_empty())
+    }
+}
+
+/// Inserts a registration (nothing if it exists).
+async fn insert_registration(inner: &mut TxInner, r: &RpRegistration) -> Result<(), StoreError> {
+    on_tx!(inner, c => {
+        sqlx::query(&format!("INSERT INTO rp_registrations ({REG_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                              ON CONFLICT DO NOTHING"))
+            .bind(r.org_id).bind(r.user_id).bind(r.key_id).bind(&r.credential_id).bind(&r.rp)
+            .bind(r.directory_id).bind(&r.external_id).bind(&r.created_by).bind(r.created_at)
+            .execute(&mut *c).await?;
+    });
+    Ok(())
+}
+
+/// Finishes an item `done` and counts it on its job; false if it was not running.
+async fn finish_done(
+    inner: &mut TxInner,
+    job_id: Uuid,
+    user_id: Uuid,
+    result: Option<String>,
+    at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    Ok(on_tx!(inner, c => {
+        let n = sqlx::query(DONE_ITEM_SQL)
+            .bind(&result).bind(at).bind(job_id).bind(user_id)
+            .execute(&mut *c).await?.rows_affected();
+        if n == 1 {
+            sqlx::query("UPDATE jobs SET done = done + 1, updated_at = $1 WHERE id = $2")
+                .bind(at).bind(job_id).execute(&mut *c).await?;
+        }
+        n == 1
+    }))
+}
+
 impl Store {
+    /// The user, their directory id, key, and registration counts for a provisioning item, in
+    /// one query. `None` if the organisation has no such user.
+    pub async fn provisioning_subject(
+        &self,
+        org_id: Uuid,
+        user_id: Uuid,
+        rp: &str,
+    ) -> Result<Option<ProvisioningSubject>, StoreError> {
+        let sql = "SELECT u.id, u.org_id, u.upn, u.email, u.display_name, u.status, u.source, u.external_id, \
+                   u.key_id, u.created_at, du.directory_id AS du_directory_id, du.external_id AS du_external_id, \
+                   k.id AS k_id, k.status AS k_status, \
+                   (SELECT COUNT(*) FROM rp_registrations r WHERE r.org_id = u.org_id AND r.user_id = u.id \
+                    AND r.rp = $3) AS registrations, \
+                   (SELECT COUNT(*) FROM credentials c WHERE c.org_id = u.org_id AND c.key_id = k.id \
+                    AND c.via = 'automated' AND NOT EXISTS (SELECT 1 FROM rp_registrations r \
+                    WHERE r.key_id = c.key_id AND r.credential_id = c.credential_id)) AS unregistered \
+                   FROM users u LEFT JOIN directory_users du ON du.user_id = u.id \
+                   LEFT JOIN security_keys k ON k.org_id = u.org_id AND k.user_id = u.id AND k.status <> 'revoked' \
+                   WHERE u.org_id = $1 AND u.id = $2 LIMIT 1";
+        let row: Option<SubjectRow> = on_pool!(&self.db, p => {
+            sqlx::query_as(sql).bind(org_id).bind(user_id).bind(rp).fetch_optional(p).await?
+        });
+        Ok(row.map(|r| ProvisioningSubject {
+            user: r.user,
+            directory_user: r.du_directory_id.zip(r.du_external_id),
+            key: r.k_id.zip(r.k_status),
+            registrations: r.registrations,
+            unregistered_automated: r.unregistered,
+        }))
+    }
+
     /// The job `id` of organisation `org_id`.
     pub async fn job(&self, org_id: Uuid, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE org_id = $1 AND id = $2");
@@ -905,6 +1126,223 @@ mod tests {
                     .expect("claim")
                     .is_some()
             );
+        }
+    }
+
+    fn new_credential(id: &[u8]) -> crate::CredentialRecord {
+        crate::CredentialRecord {
+            credential_id: id.to_vec(),
+            rp_id: "login.microsoft.com".into(),
+            rp_id_hash: vec![3; 32],
+            rp_name: None,
+            user_handle: vec![9; 8],
+            user_name: Some("u0@example.com".into()),
+            user_display_name: None,
+            alg: -7,
+            public_key_cose: vec![0xa5],
+            sealed_private_key: vec![0xee; 40],
+            sealed_cred_random: None,
+            discoverable: true,
+            cred_protect: 1,
+            cred_blob: None,
+            sign_count: 0,
+            backup_eligible: false,
+            backup_state: false,
+            created_at: now(),
+            created_by: Some("admin:a".into()),
+            via: "automated".into(),
+        }
+    }
+
+    fn new_key() -> crate::NewSecurityKey {
+        crate::NewSecurityKey {
+            id: Uuid::now_v7(),
+            aaguid: vec![7; 16],
+            wrapped_dek: vec![1; 60],
+            kek_version: 1,
+            min_pin_length: 6,
+            force_pin_change: false,
+        }
+    }
+
+    /// A provisioning item's writes: the key and credential with the item's intent in one key
+    /// operation, then the registration that finishes the item. Batched (SQLite group commit,
+    /// multi-statement writes) and plain (every backend) must leave the same rows: the key as
+    /// `create_key` returned it, the item `done` without intent, the job counted, the audit
+    /// chain whole.
+    #[tokio::test]
+    async fn a_provisioning_item_writes_the_same_rows_batched_or_not() {
+        for batched in [true, false] {
+            let dbs = if batched {
+                vec![testing::sqlite().await]
+            } else {
+                testing::all().await
+            };
+            for db in dbs {
+                let s = &db.store;
+                let (org, users) = org_with_users(s, 2).await;
+                let mut tx = s.begin().await.expect("begin");
+                let job = tx
+                    .insert_job(org, "provision", &json!({}), "admin:a", &users)
+                    .await
+                    .expect("job");
+                tx.commit().await.expect("commit");
+                s.claim_job("w", now() + Duration::seconds(30))
+                    .await
+                    .expect("claim");
+                s.start_item(job.id, users[0]).await.expect("start");
+                let subject = s
+                    .provisioning_subject(org, users[0], "microsoft")
+                    .await
+                    .expect("subject")
+                    .expect("user");
+                assert_eq!(subject.user.id, users[0]);
+                assert_eq!((subject.key.clone(), subject.registrations), (None, 0));
+
+                let new = new_key();
+                let cred = new_credential(b"cred-1");
+                let detail = json!({"user_id": users[0]});
+                let mut kt = if batched {
+                    s.begin_key_batch().await.expect("batch")
+                } else {
+                    s.begin_key_create(org).await.expect("begin")
+                };
+                // An operation for a user that does not exist changes nothing.
+                if batched {
+                    let mark = kt.mark();
+                    let missing = kt
+                        .create_key(org, Uuid::now_v7(), &new_key(), "admin:a", json!({}))
+                        .await;
+                    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+                    kt.end_op(false, mark).await.expect("roll back");
+                }
+                let mark = kt.mark();
+                let rec = kt
+                    .create_key(org, users[0], &new, "admin:a", detail)
+                    .await
+                    .expect("create");
+                kt.finish_op(
+                    org,
+                    crate::OpEnd {
+                        credentials: std::slice::from_ref(&cred),
+                        audit: Some(("admin:a", "key.ctap.make_credential", "key:x", json!({}))),
+                        intent: Some((job.id, users[0], b"cred-1")),
+                    },
+                )
+                .await
+                .expect("finish");
+                if batched {
+                    kt.end_op(true, mark).await.expect("keep");
+                }
+                let registration = ItemRegistration {
+                    registration: RpRegistration {
+                        org_id: org,
+                        user_id: users[0],
+                        key_id: new.id,
+                        credential_id: b"cred-1".to_vec(),
+                        rp: "microsoft".into(),
+                        directory_id: None,
+                        external_id: "method-1".into(),
+                        created_by: "admin:a".into(),
+                        created_at: now(),
+                    },
+                    job_id: job.id,
+                    audit_detail: json!({"method_id": "method-1"}),
+                    result: Some(json!({"method_id": "method-1"})),
+                };
+                // Before the registration, the intent names the credential.
+                if batched {
+                    let mark = kt.mark();
+                    assert!(kt.record_registration(&registration).await.expect("record"));
+                    kt.end_op(true, mark).await.expect("keep");
+                    // A released operation cannot be rolled back on its own any more.
+                    let mark = kt.mark();
+                    assert!(!kt.record_registration(&registration).await.expect("again"));
+                    assert!(kt.end_op(false, mark).await.is_err());
+                    kt.commit().await.expect("commit");
+                } else {
+                    kt.commit().await.expect("commit");
+                    let item = s
+                        .job_item(job.id, users[0])
+                        .await
+                        .expect("item")
+                        .expect("item");
+                    assert_eq!(item.intent_credential_id.as_deref(), Some(&b"cred-1"[..]));
+                    let mut tx = s.begin().await.expect("begin");
+                    assert!(tx.record_registration(&registration).await.expect("record"));
+                    tx.commit().await.expect("commit");
+                }
+
+                let row = s.key_by_id(org, new.id).await.expect("key").expect("row");
+                assert_eq!(row, rec, "create_key returns the row as written");
+                let user = s.user(org, users[0]).await.expect("user").expect("user");
+                assert_eq!(
+                    (user.status.as_str(), user.key_id),
+                    ("assigned", Some(new.id))
+                );
+                let creds = s.credentials_of_user(org, users[0]).await.expect("creds");
+                assert_eq!(creds.len(), 1);
+                assert_eq!(creds[0].credential_id, b"cred-1");
+                let item = s
+                    .job_item(job.id, users[0])
+                    .await
+                    .expect("item")
+                    .expect("item");
+                assert_eq!(item.state, item_state::DONE);
+                assert_eq!(item.intent_credential_id, None);
+                assert_eq!(item.result, Some(json!({"method_id": "method-1"})));
+                let j = s.job(org, job.id).await.expect("job").expect("job");
+                assert_eq!((j.done, j.failed), (1, 0));
+                let regs = s
+                    .rp_registrations(org, users[0], "microsoft")
+                    .await
+                    .expect("regs");
+                assert_eq!(regs.len(), 1);
+                let subject = s
+                    .provisioning_subject(org, users[0], "microsoft")
+                    .await
+                    .expect("subject")
+                    .expect("user");
+                assert_eq!(subject.key, Some((new.id, "active".to_owned())));
+                assert_eq!(
+                    (subject.registrations, subject.unregistered_automated),
+                    (1, 0)
+                );
+                let report = s
+                    .verify_audit()
+                    .await
+                    .expect("audit")
+                    .expect("chain verifies");
+                assert!(report.entries >= 3, "{report:?}");
+                let actions: Vec<String> = s
+                    .list_audit(
+                        org,
+                        &crate::AuditFilter {
+                            limit: 10,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .expect("audit")
+                    .into_iter()
+                    .map(|e| e.action)
+                    .collect();
+                let expected = if batched {
+                    vec![
+                        "provisioning.registered",
+                        "provisioning.registered",
+                        "key.ctap.make_credential",
+                        "key.create",
+                    ]
+                } else {
+                    vec![
+                        "provisioning.registered",
+                        "key.ctap.make_credential",
+                        "key.create",
+                    ]
+                };
+                assert_eq!(actions, expected);
+            }
         }
     }
 

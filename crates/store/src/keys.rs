@@ -193,6 +193,10 @@ pub struct CredentialSummary {
     pub via: String,
 }
 
+/// Inserts a key row (nine parameters); PIN state starts at the table's defaults.
+const CREATE_KEY_SQL: &str = "INSERT INTO security_keys (id, org_id, user_id, status, aaguid, wrapped_dek, \
+     kek_version, min_pin_length, force_pin_change, created_at) VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, $9)";
+
 const UPDATE_PIN_STATE: &str = "UPDATE security_keys SET pin_verifier = $1, pin_code_points = $2, \
      pin_retries = $3, consecutive_pin_failures = $4, min_pin_length = $5, min_pin_length_rp_ids = $6, \
      force_pin_change = $7, always_uv = $8 WHERE org_id = $9 AND id = $10";
@@ -238,6 +242,25 @@ impl Store {
             key_id,
             inner,
             batch: None,
+            released: false,
+        })
+    }
+
+    /// Starts the transaction of a key operation on a key that does not exist yet: the caller
+    /// creates it first with [`KeyTx::create_key`]. Nobody else can see (or lock) the new row
+    /// before this transaction commits, so it needs no lock of its own; on SQLite `BEGIN
+    /// IMMEDIATE` takes the write lock as for every key operation.
+    pub async fn begin_key_create(&self, org_id: Uuid) -> Result<KeyTx, StoreError> {
+        let inner = match &self.db {
+            Db::Sqlite(p) => TxInner::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(p) => TxInner::Postgres(p.begin().await?),
+        };
+        Ok(KeyTx {
+            org_id,
+            key_id: Uuid::nil(),
+            inner,
+            batch: None,
+            released: false,
         })
     }
 
@@ -256,13 +279,14 @@ impl Store {
                 "batched key operations are for SQLite only".into(),
             ));
         };
-        let mut inner = TxInner::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?);
-        on_tx!(&mut inner, c => { sqlx::raw_sql(SAVEPOINT).execute(&mut *c).await?; });
+        // The first operation's savepoint is opened with the transaction, in one round trip.
+        let inner = TxInner::Sqlite(p.begin_with(BEGIN_BATCH).await?);
         Ok(KeyTx {
             org_id: Uuid::nil(),
             key_id: Uuid::nil(),
             inner,
             batch: Some(crate::audit::HeadCache::default()),
+            released: false,
         })
     }
 
@@ -426,8 +450,8 @@ impl Tx {
 /// The savepoint every operation of a batch runs in. A batch keeps one open between operations:
 /// a kept operation releases it and opens the next at once, a failed one rolls back to it (which
 /// leaves it open at the same point), so each operation boundary costs one round trip.
-const SAVEPOINT: &str = "SAVEPOINT keyop";
-const KEEP_OP: &str = "RELEASE keyop; SAVEPOINT keyop";
+const BEGIN_BATCH: &str = "BEGIN IMMEDIATE; SAVEPOINT keyop";
+pub(crate) const KEEP_OP: &str = "RELEASE keyop; SAVEPOINT keyop";
 const DROP_OP: &str = "ROLLBACK TO keyop";
 
 /// The transaction of one key operation, holding the key's row lock. Everything written through it,
@@ -436,12 +460,27 @@ const DROP_OP: &str = "ROLLBACK TO keyop";
 /// A batch transaction ([`Store::begin_key_batch`]) carries several operations, each delimited by
 /// [`KeyTx::begin_op`] and [`KeyTx::end_op`].
 pub struct KeyTx {
-    org_id: Uuid,
-    key_id: Uuid,
-    inner: TxInner,
+    pub(crate) org_id: Uuid,
+    pub(crate) key_id: Uuid,
+    pub(crate) inner: TxInner,
     /// For a batch: audit heads advanced in this transaction, and their state when the current
     /// operation began (restored if it rolls back).
-    batch: Option<crate::audit::HeadCache>,
+    pub(crate) batch: Option<crate::audit::HeadCache>,
+    /// In a batch: the current operation's savepoint was already released with its last writes
+    /// ([`KeyTx::finish_op`], [`KeyTx::record_registration`]), so [`KeyTx::end_op`] has nothing
+    /// left to do for it.
+    pub(crate) released: bool,
+}
+
+/// What a key operation writes last ([`KeyTx::finish_op`]).
+pub struct OpEnd<'a> {
+    /// Credentials the operation created and has not written yet (on a key created in the same
+    /// operation, whose credentials the caller keeps in memory until here).
+    pub credentials: &'a [CredentialRecord],
+    /// The operation's audit entry: actor, action, target, detail.
+    pub audit: Option<(&'a str, &'a str, &'a str, serde_json::Value)>,
+    /// A provisioning item (job id, user id) whose intent names the credential created.
+    pub intent: Option<(Uuid, Uuid, &'a [u8])>,
 }
 
 /// A batch transaction's audit heads as they were before the current operation (nothing for a
@@ -460,11 +499,100 @@ impl KeyTx {
     ) -> Result<SecurityKeyRecord, StoreError> {
         self.org_id = org_id;
         self.key_id = key_id;
+        self.released = false;
         let sql = format!("SELECT {KEY_COLUMNS} FROM security_keys WHERE org_id = $1 AND id = $2");
         let row: Option<KeyRow> = on_tx!(&mut self.inner, c => {
             sqlx::query_as(&sql).bind(org_id).bind(key_id).fetch_optional(&mut *c).await?
         });
         row.ok_or(StoreError::NotFound)?.try_into()
+    }
+
+    /// Creates a security key for `user_id` (who becomes `assigned`) with its `key.create` audit
+    /// entry, and makes it the key of the operation that follows: in a batch this *begins* the
+    /// operation, like [`KeyTx::begin_op`]. Returns the row as written, without reading it back.
+    /// `NotFound` if the organisation has no such user.
+    pub async fn create_key(
+        &mut self,
+        org_id: Uuid,
+        user_id: Uuid,
+        key: &NewSecurityKey,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<SecurityKeyRecord, StoreError> {
+        self.org_id = org_id;
+        self.key_id = key.id;
+        self.released = false;
+        let at = now();
+        let target = format!("key:{}", key.id);
+        // The row as the INSERT below and the table's defaults make it.
+        let rec = SecurityKeyRecord {
+            id: key.id,
+            org_id,
+            user_id,
+            status: "active".into(),
+            aaguid: key.aaguid.clone(),
+            wrapped_dek: key.wrapped_dek.clone(),
+            kek_version: key.kek_version,
+            pin_verifier: None,
+            pin_code_points: 0,
+            pin_retries: 8,
+            consecutive_pin_failures: 0,
+            min_pin_length: key.min_pin_length,
+            min_pin_length_rp_ids: Vec::new(),
+            force_pin_change: key.force_pin_change,
+            always_uv: false,
+        };
+        let batched_sqlite = self.batch.is_some() && matches!(self.inner, TxInner::Sqlite(_));
+        if batched_sqlite {
+            // A batch on SQLite: the audit head is cached, so the key, the user and the audit
+            // entry are written by one multi-statement query (one round trip to SQLite's thread).
+            let KeyTx { inner, batch, .. } = self;
+            let cache = batch
+                .as_mut()
+                .ok_or_else(|| StoreError::Invalid("not a batch".into()))?;
+            crate::audit::load_head(inner, cache, org_id).await?;
+            let entry =
+                crate::audit::prepare_cached(cache, org_id, actor, "key.create", &target, &detail)?;
+            let TxInner::Sqlite(t) = inner else {
+                return Err(StoreError::Invalid("not a SQLite batch".into()));
+            };
+            let c: &mut sqlx::SqliteConnection = &mut *t;
+            let sql = format!(
+                "{CREATE_KEY_SQL}; UPDATE users SET key_id = $1, status = 'assigned' \
+                 WHERE org_id = $2 AND id = $3; {}",
+                crate::audit::PreparedEntry::sql(10)
+            );
+            let q = sqlx::query(&sql)
+                .bind(key.id)
+                .bind(org_id)
+                .bind(user_id)
+                .bind(&key.aaguid)
+                .bind(&key.wrapped_dek)
+                .bind(key.kek_version)
+                .bind(key.min_pin_length)
+                .bind(key.force_pin_change)
+                .bind(at);
+            let n = entry.bind_sqlite(q).execute(&mut *c).await?.rows_affected();
+            // The key, the user and the audit entry; a missing user leaves one row unchanged.
+            if n != 3 {
+                return Err(StoreError::NotFound);
+            }
+        } else {
+            on_tx!(&mut self.inner, c => {
+                sqlx::query(CREATE_KEY_SQL)
+                    .bind(key.id).bind(org_id).bind(user_id).bind(&key.aaguid).bind(&key.wrapped_dek)
+                    .bind(key.kek_version).bind(key.min_pin_length).bind(key.force_pin_change).bind(at)
+                    .execute(&mut *c).await?;
+                let n = sqlx::query("UPDATE users SET key_id = $1, status = 'assigned' WHERE org_id = $2 AND id = $3")
+                    .bind(key.id).bind(org_id).bind(user_id).execute(&mut *c).await?.rows_affected();
+                if n == 0 {
+                    return Err(StoreError::NotFound);
+                }
+            });
+            self.append_audit(org_id, actor, "key.create", &target, detail)
+                .await?;
+        }
+        Ok(rec)
     }
 
     /// What [`KeyTx::end_op`] restores if the operation about to begin is rolled back; take it
@@ -478,6 +606,16 @@ impl KeyTx {
     /// in an unknown state: the caller must drop it (rolling everything back) and fail every
     /// operation in it.
     pub async fn end_op(&mut self, keep: bool, mark: OpMark) -> Result<(), StoreError> {
+        if std::mem::take(&mut self.released) {
+            // Its writes are already part of the batch: they can no longer be undone alone.
+            return if keep {
+                Ok(())
+            } else {
+                Err(StoreError::Invalid(
+                    "a released operation cannot be rolled back".into(),
+                ))
+            };
+        }
         let sql = if keep { KEEP_OP } else { DROP_OP };
         on_tx!(&mut self.inner, c => { sqlx::raw_sql(sql).execute(&mut *c).await?; });
         if !keep && let Some(saved) = mark.0 {
@@ -607,11 +745,114 @@ impl KeyTx {
         self.select_credentials(disc, None).await
     }
 
+    /// Writes what a key operation writes last ([`OpEnd`]). In a batch on SQLite (audit head
+    /// cached) this is one multi-statement query that also releases the operation's savepoint,
+    /// so the operation ends in one round trip to SQLite's thread; the caller's
+    /// [`KeyTx::end_op`] then only confirms it. Otherwise statement by statement.
+    pub async fn finish_op(&mut self, org_id: Uuid, end: OpEnd<'_>) -> Result<(), StoreError> {
+        let batched_sqlite = self.batch.is_some() && matches!(self.inner, TxInner::Sqlite(_));
+        let (first, rest) = match end.credentials.split_first() {
+            Some((c, rest)) => (Some(c), rest),
+            None => (None, &[][..]),
+        };
+        if !batched_sqlite {
+            for c in end.credentials {
+                self.insert_credential(c).await?;
+            }
+            if let Some((job_id, user_id, id)) = end.intent {
+                self.set_item_intent(job_id, user_id, Some(id)).await?;
+            }
+            if let Some((actor, action, target, detail)) = end.audit {
+                self.append_audit(org_id, actor, action, target, detail)
+                    .await?;
+            }
+            return Ok(());
+        }
+        for c in rest {
+            self.insert_credential(c).await?;
+        }
+        let (key, at) = (self.key_id, now());
+        let KeyTx {
+            inner,
+            batch,
+            released,
+            ..
+        } = self;
+        let cache = batch
+            .as_mut()
+            .ok_or_else(|| StoreError::Invalid("not a batch".into()))?;
+        let entry = match &end.audit {
+            Some((actor, action, target, detail)) => {
+                crate::audit::load_head(inner, cache, org_id).await?;
+                Some(crate::audit::prepare_cached(
+                    cache, org_id, actor, action, target, detail,
+                )?)
+            }
+            None => None,
+        };
+        let TxInner::Sqlite(t) = inner else {
+            return Err(StoreError::Invalid("not a SQLite batch".into()));
+        };
+        // Parameters: the credential $1..$23, the intent $24..$27, the audit entry $28..$36.
+        let mut sql = String::new();
+        if first.is_some() {
+            // The only statement that returns a row, when the credential went in (row counts of
+            // a multi-statement query cannot be told apart).
+            sql.push_str(&insert_credential_sql());
+            sql.push_str(" RETURNING id; ");
+        }
+        if end.intent.is_some() {
+            // Only if the credential before it went in: `changes()` is that INSERT's count.
+            sql.push_str(
+                "UPDATE job_items SET intent_credential_id = $24, updated_at = $25 \
+                 WHERE job_id = $26 AND user_id = $27",
+            );
+            sql.push_str(if first.is_some() {
+                " AND changes() = 1; "
+            } else {
+                "; "
+            });
+        }
+        if entry.is_some() {
+            sql.push_str(&crate::audit::PreparedEntry::sql(28));
+            sql.push_str("; ");
+        }
+        sql.push_str(KEEP_OP);
+        let mut q = sqlx::query(&sql);
+        // Unused parameters are bound as NULLs so that the numbering holds.
+        q = match first {
+            Some(r) => bind_credential(q, Uuid::now_v7(), org_id, key, r),
+            None => {
+                for _ in 0..23 {
+                    q = q.bind(None::<i64>);
+                }
+                q
+            }
+        };
+        q = match end.intent {
+            Some((job_id, user_id, id)) => q.bind(id).bind(at).bind(job_id).bind(user_id),
+            None => q
+                .bind(None::<i64>)
+                .bind(None::<i64>)
+                .bind(None::<i64>)
+                .bind(None::<i64>),
+        };
+        if let Some(entry) = entry {
+            q = entry.bind_sqlite(q);
+        }
+        let c: &mut sqlx::SqliteConnection = &mut *t;
+        let rows = q.fetch_all(&mut *c).await?;
+        if first.is_some() && rows.is_empty() {
+            return Err(StoreError::Conflict(
+                "credential id already on this key".into(),
+            ));
+        }
+        *released = true;
+        Ok(())
+    }
+
     pub async fn insert_credential(&mut self, r: &CredentialRecord) -> Result<(), StoreError> {
-        let sql = format!(
-            "INSERT INTO credentials (id, org_id, key_id, {CRED_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) ON CONFLICT DO NOTHING"
-        );
+        let sql = insert_credential_sql();
         let (org, key) = (self.org_id, self.key_id);
         let n = on_tx!(&mut self.inner, c => {
             sqlx::query(&sql)
@@ -718,4 +959,45 @@ impl KeyTx {
         }
         self.inner.commit().await
     }
+}
+
+/// Inserts a credential: `$1` row id, `$2` organisation, `$3` key, then the 20 credential columns.
+fn insert_credential_sql() -> String {
+    format!(
+        "INSERT INTO credentials (id, org_id, key_id, {CRED_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+         $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) ON CONFLICT DO NOTHING"
+    )
+}
+
+/// Binds the 23 parameters of [`insert_credential_sql`] (SQLite).
+fn bind_credential<'q>(
+    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    id: Uuid,
+    org: Uuid,
+    key: Uuid,
+    r: &'q CredentialRecord,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    q.bind(id)
+        .bind(org)
+        .bind(key)
+        .bind(&r.credential_id)
+        .bind(&r.rp_id)
+        .bind(&r.rp_id_hash)
+        .bind(&r.rp_name)
+        .bind(&r.user_handle)
+        .bind(&r.user_name)
+        .bind(&r.user_display_name)
+        .bind(r.alg)
+        .bind(&r.public_key_cose)
+        .bind(&r.sealed_private_key)
+        .bind(&r.sealed_cred_random)
+        .bind(r.discoverable)
+        .bind(r.cred_protect)
+        .bind(&r.cred_blob)
+        .bind(r.sign_count)
+        .bind(r.backup_eligible)
+        .bind(r.backup_state)
+        .bind(r.created_at)
+        .bind(&r.created_by)
+        .bind(&r.via)
 }

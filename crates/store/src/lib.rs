@@ -40,9 +40,12 @@ pub use admin_auth::{
 pub use admins::{AdminRecord, ApiTokenRecord, OrganisationRecord, SessionRecord};
 pub use audit::{AuditEntry, AuditFilter, AuditVerifyError, AuditVerifyReport};
 pub use directories::{DirectoryRecord, ExternalUser, ImportCounts, NewDirectory};
-pub use jobs::{ItemFinish, JobItemRecord, JobRecord, RpRegistration, item_state, job_state};
+pub use jobs::{
+    ItemFinish, ItemRegistration, JobItemRecord, JobRecord, ProvisioningSubject, RpRegistration,
+    item_state, job_state,
+};
 pub use keys::{
-    CredentialRecord, CredentialSummary, KeyTx, NewSecurityKey, OpMark, SecurityKeyRecord,
+    CredentialRecord, CredentialSummary, KeyTx, NewSecurityKey, OpEnd, OpMark, SecurityKeyRecord,
 };
 pub use pairing::{
     DelegatedSessionRecord, DeviceOwner, NewDelegatedSession, PairDeviceRecord, RelayListener,
@@ -207,6 +210,9 @@ impl Store {
                 .pragma("temp_store", "memory");
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
+                // A SQLite connection is a file handle in this process: it cannot have gone away
+                // while idle, and testing it costs a round trip to its thread on every acquire.
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_with(opts)
                 .await?;

@@ -30,10 +30,23 @@ use super::{GroupCommitStats, KeyOpsError, Op, Shared};
 /// fraction of a millisecond, so a full batch holds the write lock for tens of milliseconds.
 const MAX_BATCH: usize = 256;
 
-type Reply = oneshot::Sender<Result<Vec<u8>, KeyOpsError>>;
+/// What a batch runs: a key operation, or a provisioning item's registration (which touches no
+/// key, but shares the batch's commit).
+pub(super) enum Work {
+    Ctap(Box<Op>),
+    Record(Box<keyward_store::ItemRegistration>),
+}
+
+/// The answer to a [`Work`]: the CTAP response, or whether the recorded item was still running.
+pub(super) enum Answer {
+    Ctap(Vec<u8>),
+    Recorded(bool),
+}
+
+type Reply = oneshot::Sender<Result<Answer, KeyOpsError>>;
 
 struct Job {
-    op: Op,
+    work: Work,
     reply: Reply,
 }
 
@@ -58,16 +71,16 @@ impl Committer {
         }
     }
 
-    /// Queues `op` and waits until its batch has committed (or failed).
+    /// Queues `work` and waits until its batch has committed (or failed).
     pub(super) async fn submit(
         &self,
         shared: &Arc<Shared>,
-        op: Op,
-    ) -> Result<Vec<u8>, KeyOpsError> {
+        work: Work,
+    ) -> Result<Answer, KeyOpsError> {
         let queue = self.queue.get_or_init(|| self.start(shared.clone()));
         let (reply, answer) = oneshot::channel();
         queue
-            .send(Job { op, reply })
+            .send(Job { work, reply })
             .map_err(|_| KeyOpsError::Unavailable("the key operation committer stopped".into()))?;
         answer
             .await
@@ -134,7 +147,7 @@ fn run_batch(shared: &Shared, handle: &Handle, jobs: Vec<Job>) {
             return;
         }
     };
-    let mut done: Vec<(Job, Result<Vec<u8>, KeyOpsError>)> = Vec::with_capacity(jobs.len());
+    let mut done: Vec<(Job, Result<Answer, KeyOpsError>)> = Vec::with_capacity(jobs.len());
     // Set when the batch itself is lost (a savepoint could not be released or rolled back):
     // what follows is refused, and so is everything before it, since it will not commit.
     let mut broken: Option<String> = None;
@@ -145,18 +158,48 @@ fn run_batch(shared: &Shared, handle: &Handle, jobs: Vec<Job>) {
             continue;
         };
         let mark = t.mark();
-        let rec = match handle.block_on(t.begin_op(job.op.org_id, job.op.key_id)) {
+        let op = match &job.work {
+            Work::Ctap(op) => op,
+            Work::Record(r) => {
+                let result = handle
+                    .block_on(t.record_registration(r))
+                    .map(Answer::Recorded)
+                    .map_err(KeyOpsError::from);
+                match handle.block_on(t.end_op(result.is_ok(), mark)) {
+                    Ok(()) => tx = Some(t),
+                    Err(e) => broken = Some(e.to_string()),
+                }
+                done.push((job, result));
+                continue;
+            }
+        };
+        let begun = match &op.create {
+            Some((user_id, new)) => handle.block_on(t.create_key(
+                op.org_id,
+                *user_id,
+                new,
+                &op.actor,
+                super::create_detail(*user_id, new),
+            )),
+            None => handle.block_on(t.begin_op(op.org_id, op.key_id)),
+        };
+        let rec = match begun {
             Ok(rec) => rec,
             Err(e) => {
-                // Only a read happened: the savepoint is as it was.
-                tx = Some(t);
+                // Undo whatever the start wrote (a created key); a failure to do so loses the
+                // batch.
+                match handle.block_on(t.end_op(false, mark)) {
+                    Ok(()) => tx = Some(t),
+                    Err(e) => broken = Some(e.to_string()),
+                }
                 done.push((job, Err(e.into())));
                 continue;
             }
         };
-        let slot = shared.slot(job.op.key_id);
+        let slot = shared.slot(op.key_id);
         let mut volatile = handle.block_on(slot.lock_owned());
-        let (back, mark, result) = shared.execute(handle, t, mark, rec, &job.op, &mut volatile);
+        let (back, mark, result) = shared.execute(handle, t, mark, rec, op, &mut volatile);
+        let result = result.map(Answer::Ctap);
         drop(volatile);
         match back {
             Some(mut t) => match handle.block_on(t.end_op(result.is_ok(), mark)) {
@@ -182,14 +225,15 @@ fn run_batch(shared: &Shared, handle: &Handle, jobs: Vec<Job>) {
         Err(msg) => {
             tracing::error!(error = %msg, operations = done.len(), "a key operation batch did not commit; its operations are refused");
             for (job, result) in done {
-                let result = match result {
-                    Ok(_) => {
+                let result = match (result, &job.work) {
+                    (Ok(_), Work::Ctap(op)) => {
                         // The engine's volatile state may reflect writes that did not stand.
-                        let slot = shared.slot(job.op.key_id);
+                        let slot = shared.slot(op.key_id);
                         *handle.block_on(slot.lock()) = None;
                         Err(KeyOpsError::Unavailable(msg.clone()))
                     }
-                    Err(e) => Err(e),
+                    (Ok(_), Work::Record(_)) => Err(KeyOpsError::Unavailable(msg.clone())),
+                    (Err(e), _) => Err(e),
                 };
                 let _ = job.reply.send(result);
             }

@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use keyward_authenticator::{Authenticator, Config, Context, Policy};
-use keyward_store::{Backend, KeyTx, NewSecurityKey, OpMark, SecurityKeyRecord, Store, StoreError};
+use keyward_store::{
+    Backend, KeyTx, NewSecurityKey, OpEnd, OpMark, SecurityKeyRecord, Store, StoreError,
+};
 use keyward_vault::{KeyBinding, Vault, VaultError};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -132,7 +134,13 @@ struct Shared {
     /// Each organisation's attestation setting as last read, and when: read again after
     /// [`SETTINGS_TTL`], or at once after [`KeyOps::forget_settings`].
     org_attestations: Mutex<HashMap<Uuid, CachedAttestation>>,
+    /// Each organisation's settings for new keys (AAGUID, minimum PIN length) as last read, and
+    /// when; like `org_attestations`.
+    org_key_settings: Mutex<HashMap<Uuid, (Instant, KeySettings)>>,
 }
+
+/// What new keys take from their organisation's settings: the AAGUID and the minimum PIN length.
+type KeySettings = ([u8; 16], i32);
 
 type CachedAttestation = (Instant, Option<Arc<crate::api::settings::OrgAttestation>>);
 
@@ -148,6 +156,11 @@ impl std::fmt::Debug for KeyOps {
             .field("vault", &self.shared.vault)
             .finish_non_exhaustive()
     }
+}
+
+/// The detail of a `key.create` audit entry.
+fn create_detail(user_id: Uuid, new: &NewSecurityKey) -> serde_json::Value {
+    serde_json::json!({ "user_id": user_id, "kek_version": new.kek_version })
 }
 
 /// A stable name for a CTAP command in audit entries.
@@ -187,6 +200,33 @@ struct Op {
     actor: String,
     policy: Policy,
     request: Vec<u8>,
+    /// Provisioning: the key does not exist yet; the operation creates it (for this user, from
+    /// this material) in its own transaction, and `key_id` is the new key's id.
+    create: Option<(Uuid, NewSecurityKey)>,
+    /// Provisioning: the job item (job id, user id) whose intent names the credential the
+    /// operation creates, written in the operation's transaction.
+    intent: Option<(Uuid, Uuid)>,
+}
+
+/// A makeCredential that a provisioning job item runs on its user's key
+/// ([`KeyOps::provision_credential`]).
+pub struct ProvisionOp {
+    pub org_id: Uuid,
+    pub user_id: Uuid,
+    /// The user's key, or `None` to create one in the same transaction.
+    pub key_id: Option<Uuid>,
+    pub actor: String,
+    /// The CTAP makeCredential message (command byte ‖ CBOR).
+    pub request: Vec<u8>,
+    pub job_id: Uuid,
+}
+
+/// What [`KeyOps::provision_credential`] did.
+#[derive(Debug)]
+pub struct Provisioned {
+    pub key_id: Uuid,
+    /// The CTAP response (status byte ‖ CBOR).
+    pub response: Vec<u8>,
 }
 
 /// Counters of SQLite's group committer: how many batches committed and how many operations
@@ -264,6 +304,11 @@ impl Shared {
             &op.actor,
             via_for(&op.policy),
         );
+        if op.create.is_some() {
+            // Created in this transaction: the key has no credentials but the ones the engine
+            // adds, so its reads need no round trip to the database.
+            tx_store.set_new_key();
+        }
         // A panic in the engine becomes an error, not a dead connection or committer.
         let response = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let authenticator =
@@ -308,7 +353,7 @@ impl Shared {
             );
         };
         let command = op.request.first().copied().unwrap_or(0);
-        if !UNAUDITED_COMMANDS.contains(&command) {
+        let audit = (!UNAUDITED_COMMANDS.contains(&command)).then(|| {
             let status = response.first().copied().unwrap_or(0x7F);
             let detail = serde_json::json!({
                 "status": status,
@@ -325,13 +370,33 @@ impl Shared {
                 "pin_state_changed": effects.pin_state_changed,
                 "wiped": effects.wiped,
             });
-            let action = format!("key.ctap.{}", command_name(command));
-            let target = format!("key:{key_id}");
-            if let Err(e) =
-                handle.block_on(tx.append_audit(org_id, &op.actor, &action, &target, detail))
-            {
-                return (Some(tx), mark, fail(volatile, e.into()));
+            (
+                format!("key.ctap.{}", command_name(command)),
+                format!("key:{key_id}"),
+                detail,
+            )
+        });
+        // A provisioning item's intent names the credential created, and commits with it.
+        let intent = match (op.intent, effects.created.as_slice()) {
+            (Some((job_id, user_id)), [(_, _, credential_id)]) => {
+                Some((job_id, user_id, credential_id.as_slice()))
             }
+            _ => None,
+        };
+        let end = OpEnd {
+            credentials: &effects.deferred,
+            audit: audit.as_ref().map(|(action, target, detail)| {
+                (
+                    op.actor.as_str(),
+                    action.as_str(),
+                    target.as_str(),
+                    detail.clone(),
+                )
+            }),
+            intent,
+        };
+        if let Err(e) = handle.block_on(tx.finish_op(org_id, end)) {
+            return (Some(tx), mark, fail(volatile, e.into()));
         }
         (Some(tx), mark, Ok(response))
     }
@@ -350,6 +415,7 @@ impl KeyOps {
             sqlite_writer: sqlite.then(|| tokio::sync::Mutex::new(())),
             epoch: Instant::now(),
             org_attestations: Mutex::new(HashMap::new()),
+            org_key_settings: Mutex::new(HashMap::new()),
         });
         KeyOps {
             shared,
@@ -369,6 +435,12 @@ impl KeyOps {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         cache.remove(&org_id);
+        drop(cache);
+        self.shared
+            .org_key_settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&org_id);
     }
 
     /// The organisation's attestation setting: read before the key is locked and outside any
@@ -563,19 +635,157 @@ impl KeyOps {
             actor: actor.to_owned(),
             policy,
             request,
+            create: None,
+            intent: None,
         };
+        self.run(op).await
+    }
+
+    async fn run(&self, op: Op) -> Result<Vec<u8>, KeyOpsError> {
         match &self.committer {
-            Some(committer) => committer.submit(&self.shared, op).await,
+            Some(committer) => match committer
+                .submit(&self.shared, batch::Work::Ctap(Box::new(op)))
+                .await?
+            {
+                batch::Answer::Ctap(response) => Ok(response),
+                batch::Answer::Recorded(_) => {
+                    Err(KeyOpsError::Internal("unexpected committer answer".into()))
+                }
+            },
             None => self.ctap_alone(op).await,
         }
+    }
+
+    /// Runs a provisioning item's makeCredential on its user's key, with what the item must
+    /// write alongside in the same transaction (and, on SQLite, the same group commit): the key
+    /// itself when the user has none yet (audited `key.create`; the organisation's settings as
+    /// read within [`SETTINGS_TTL`]), and the item's intent naming the new credential. So a crash
+    /// leaves either all of it or none: never a credential without its intent.
+    ///
+    /// UV is the server's explicit, audited authorisation (`preauthorized_uv`): an admin started
+    /// the job.
+    pub async fn provision_credential(&self, p: ProvisionOp) -> Result<Provisioned, KeyOpsError> {
+        if p.request.is_empty() {
+            return Err(KeyOpsError::InvalidRequest("empty CTAP request"));
+        }
+        let attestation = self.org_attestation(p.org_id).await?;
+        let create = match p.key_id {
+            Some(_) => None,
+            None => Some((p.user_id, self.new_key_for(p.org_id).await?)),
+        };
+        let key_id = match (&create, p.key_id) {
+            (Some((_, new)), _) => new.id,
+            (None, Some(id)) => id,
+            (None, None) => return Err(KeyOpsError::NotFound),
+        };
+        let op = Op {
+            attestation,
+            org_id: p.org_id,
+            key_id,
+            actor: p.actor,
+            policy: Policy {
+                preauthorized_uv: true,
+                ..Policy::default()
+            },
+            request: p.request,
+            create,
+            intent: Some((p.job_id, p.user_id)),
+        };
+        let response = self.run(op).await?;
+        Ok(Provisioned { key_id, response })
+    }
+
+    /// Records a provisioning item's registration at the RP and finishes the item `done`
+    /// ([`keyward_store::ItemRegistration`]); on SQLite through the group committer, so many
+    /// items share one commit. Returns whether the item was still running.
+    pub async fn record_registration(
+        &self,
+        r: keyward_store::ItemRegistration,
+    ) -> Result<bool, KeyOpsError> {
+        match &self.committer {
+            Some(committer) => {
+                match committer
+                    .submit(&self.shared, batch::Work::Record(Box::new(r)))
+                    .await?
+                {
+                    batch::Answer::Recorded(running) => Ok(running),
+                    batch::Answer::Ctap(_) => {
+                        Err(KeyOpsError::Internal("unexpected committer answer".into()))
+                    }
+                }
+            }
+            None => {
+                let mut tx = self.shared.store.begin().await?;
+                let running = tx.record_registration(&r).await?;
+                tx.commit().await?;
+                Ok(running)
+            }
+        }
+    }
+
+    /// The material of a new key with the organisation's settings (AAGUID, minimum PIN length),
+    /// read before any lock is taken and reused for [`SETTINGS_TTL`].
+    async fn new_key_for(&self, org_id: Uuid) -> Result<NewSecurityKey, KeyOpsError> {
+        let cached = {
+            let cache = self
+                .shared
+                .org_key_settings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            cache
+                .get(&org_id)
+                .filter(|(at, _)| at.elapsed() < SETTINGS_TTL)
+                .map(|(_, s)| *s)
+        };
+        let (aaguid, min_pin_length) = match cached {
+            Some(s) => s,
+            None => {
+                let read_at = Instant::now();
+                let e = crate::api::settings::effective(
+                    &self.shared.store,
+                    org_id,
+                    self.shared.config.aaguid,
+                )
+                .await?;
+                let s = (e.aaguid, e.min_pin_length);
+                self.shared
+                    .org_key_settings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(org_id, (read_at, s));
+                s
+            }
+        };
+        let mut new = self.new_key_material(org_id)?;
+        new.aaguid = aaguid.to_vec();
+        new.min_pin_length = min_pin_length;
+        Ok(new)
     }
 
     /// One operation in its own transaction (PostgreSQL).
     async fn ctap_alone(&self, op: Op) -> Result<Vec<u8>, KeyOpsError> {
         let mut volatile = self.shared.slot(op.key_id).lock_owned().await;
         let _turn = self.writer_turn().await;
-        let mut tx = self.shared.store.begin_key(op.org_id, op.key_id).await?;
-        let rec = tx.key().await?;
+        let (tx, rec) = match &op.create {
+            Some((user_id, new)) => {
+                let mut tx = self.shared.store.begin_key_create(op.org_id).await?;
+                let rec = tx
+                    .create_key(
+                        op.org_id,
+                        *user_id,
+                        new,
+                        &op.actor,
+                        create_detail(*user_id, new),
+                    )
+                    .await?;
+                (tx, rec)
+            }
+            None => {
+                let mut tx = self.shared.store.begin_key(op.org_id, op.key_id).await?;
+                let rec = tx.key().await?;
+                (tx, rec)
+            }
+        };
         let mark = tx.mark();
         let shared = self.shared.clone();
         let handle = tokio::runtime::Handle::current();

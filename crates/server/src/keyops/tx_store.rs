@@ -26,6 +26,9 @@ pub(super) struct Effects {
     pub pin_state_changed: bool,
     pub pin_retry_spent: bool,
     pub wiped: bool,
+    /// Credentials created on a key created in the same operation, not written yet: the caller
+    /// writes them with the operation's last writes ([`keyward_store::KeyTx::finish_op`]).
+    pub deferred: Vec<CredentialRecord>,
 }
 
 pub(super) struct TxStore {
@@ -45,6 +48,10 @@ pub(super) struct TxStore {
     pub(super) effects: Effects,
     /// The first storage failure: the operation must then be rolled back and refused.
     pub(super) failure: Option<keyward_store::StoreError>,
+    /// For a key created in this operation's transaction: all its credentials, which are the ones
+    /// inserted since (the engine's reads are answered from here, and its inserts held back in
+    /// `effects.deferred`, without a round trip). `None` for a key that existed before.
+    new_key: Option<Vec<StoredCredential>>,
 }
 
 /// Runs one `KeyTx` call on the runtime, recording a failure so the caller can refuse the result.
@@ -83,7 +90,13 @@ impl TxStore {
             via,
             effects: Effects::default(),
             failure: None,
+            new_key: None,
         }
+    }
+
+    /// Marks the key as created in this operation's transaction (it has no credentials yet).
+    pub(super) fn set_new_key(&mut self) {
+        self.new_key = Some(Vec::new());
     }
 
     /// Hands the transaction (and its operation's mark) back for the audit entry and commit.
@@ -109,6 +122,14 @@ impl TxStore {
 
     fn corrupt(&mut self, what: &str) -> StoreError {
         self.fail(keyward_store::StoreError::Corrupt(what.to_owned()))
+    }
+
+    /// Writes the held-back credentials now, for a call that needs them in the database.
+    fn flush_deferred(&mut self) -> Result<(), StoreError> {
+        for rec in std::mem::take(&mut self.effects.deferred) {
+            on_tx!(self, tx => tx.insert_credential(&rec))?;
+        }
+        Ok(())
     }
 
     fn stored(&mut self, r: CredentialRecord) -> Result<StoredCredential, StoreError> {
@@ -223,6 +244,8 @@ impl keyward_authenticator::Store for TxStore {
     }
 
     fn spend_pin_retry(&mut self) -> Result<KeyState, StoreError> {
+        // The checkpoint below commits: what the operation created so far goes with it.
+        self.flush_deferred()?;
         let mut state = self.load_state()?;
         state.pin_retries = state.pin_retries.saturating_sub(1);
         state.consecutive_pin_failures = state.consecutive_pin_failures.saturating_add(1);
@@ -252,11 +275,21 @@ impl keyward_authenticator::Store for TxStore {
         &mut self,
         rp_id_hash: &[u8; 32],
     ) -> Result<Vec<StoredCredential>, StoreError> {
+        if let Some(known) = &self.new_key {
+            return Ok(known
+                .iter()
+                .filter(|c| &c.rp_id_hash == rp_id_hash)
+                .cloned()
+                .collect());
+        }
         let rs = on_tx!(self, tx => tx.credentials_for_rp(rp_id_hash))?;
         self.stored_all(rs)
     }
 
     fn credential(&mut self, id: &[u8]) -> Result<Option<StoredCredential>, StoreError> {
+        if let Some(known) = &self.new_key {
+            return Ok(known.iter().find(|c| c.id == id).cloned());
+        }
         match on_tx!(self, tx => tx.credential(id))? {
             Some(r) => self.stored(r).map(Some),
             None => Ok(None),
@@ -264,13 +297,24 @@ impl keyward_authenticator::Store for TxStore {
     }
 
     fn discoverable_credentials(&mut self) -> Result<Vec<StoredCredential>, StoreError> {
+        if let Some(known) = &self.new_key {
+            return Ok(known.iter().filter(|c| c.discoverable).cloned().collect());
+        }
         let rs = on_tx!(self, tx => tx.discoverable_credentials())?;
         self.stored_all(rs)
     }
 
     fn insert_credential(&mut self, cred: &StoredCredential) -> Result<(), StoreError> {
         let rec = record_from_stored(cred, &self.actor, self.via);
-        on_tx!(self, tx => tx.insert_credential(&rec))?;
+        match &mut self.new_key {
+            // A new key holds no other credential, so the insert cannot conflict: it is written
+            // with the operation's last writes.
+            Some(known) => {
+                known.push(cred.clone());
+                self.effects.deferred.push(rec);
+            }
+            None => on_tx!(self, tx => tx.insert_credential(&rec))?,
+        }
         self.effects
             .created
             .push((cred.rp_id.clone(), cred.user.name.clone(), cred.id.clone()));
@@ -278,11 +322,24 @@ impl keyward_authenticator::Store for TxStore {
     }
 
     fn update_user(&mut self, id: &[u8], user: &UserEntity) -> Result<bool, StoreError> {
-        on_tx!(self, tx => tx.update_credential_user(id, &user.id, user.name.as_deref(), user.display_name.as_deref()))
+        self.flush_deferred()?;
+        let updated = on_tx!(self, tx => tx.update_credential_user(id, &user.id, user.name.as_deref(), user.display_name.as_deref()))?;
+        if let Some(c) = self
+            .new_key
+            .as_mut()
+            .and_then(|known| known.iter_mut().find(|c| c.id == id))
+        {
+            c.user = user.clone();
+        }
+        Ok(updated)
     }
 
     fn delete_credential(&mut self, id: &[u8]) -> Result<bool, StoreError> {
+        self.flush_deferred()?;
         let deleted = on_tx!(self, tx => tx.delete_credential(id))?;
+        if let Some(known) = &mut self.new_key {
+            known.retain(|c| c.id != id);
+        }
         if deleted {
             self.effects.deleted.push(id.to_vec());
         }
@@ -290,13 +347,18 @@ impl keyward_authenticator::Store for TxStore {
     }
 
     fn next_sign_count(&mut self, id: &[u8]) -> Result<u32, StoreError> {
+        self.flush_deferred()?;
         let n = on_tx!(self, tx => tx.next_sign_count(id))?;
         self.effects.signed.push((id.to_vec(), n));
         Ok(n)
     }
 
     fn wipe(&mut self) -> Result<(), StoreError> {
+        self.effects.deferred.clear();
         on_tx!(self, tx => tx.wipe_credentials())?;
+        if let Some(known) = &mut self.new_key {
+            known.clear();
+        }
         // A reset key keeps its row (and data key) but forgets its PIN and options.
         self.save_state(&KeyState::default())?;
         self.effects.wiped = true;

@@ -22,12 +22,12 @@ mod manual;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyward_authenticator::Policy;
 use keyward_entra::{
     ApiVersion, EntraError, ErrorKind, GraphClient, OurAuthenticator, Preflight, Registration,
 };
 use keyward_store::{
-    DirectoryRecord, ItemFinish, JobItemRecord, JobRecord, RpRegistration, Store, UserRecord,
+    DirectoryRecord, ItemRegistration, JobItemRecord, JobRecord, ProvisioningSubject,
+    RpRegistration, Store, UserRecord,
 };
 use keyward_vault::Vault;
 use serde_json::{Value, json};
@@ -36,7 +36,7 @@ use uuid::Uuid;
 
 use crate::directories::graph_client;
 use crate::jobs::{BoxFut, ItemOutcome, JobKind, JobRun};
-use crate::keyops::KeyOps;
+use crate::keyops::{KeyOps, ProvisionOp};
 
 pub const PROVISION_KIND: &str = "provision";
 /// The `rp_registrations.rp` of Microsoft Entra ID.
@@ -203,28 +203,16 @@ fn unavailable(e: impl std::fmt::Display) -> ItemOutcome {
 }
 
 impl Run {
-    /// The id Graph knows the user by: the object id for imported users, else the UPN.
-    async fn graph_user(&self, user: &UserRecord) -> Result<String, ItemOutcome> {
-        match self
-            .deps
-            .store
-            .directory_user(user.id)
-            .await
-            .map_err(unavailable)?
-        {
-            Some((dir, ext)) if dir == self.dir.id => Ok(ext),
-            _ => Ok(user.upn.clone()),
-        }
-    }
-
     async fn item(&self, item: &JobItemRecord) -> Result<ItemOutcome, ItemOutcome> {
         let store = &self.deps.store;
         let org = self.job.org_id;
-        let user = store
-            .user(org, item.user_id)
+        // The user, their Entra id, key and registrations in one read.
+        let subject = store
+            .provisioning_subject(org, item.user_id, RP_MICROSOFT)
             .await
             .map_err(unavailable)?
             .ok_or_else(|| fail("The user no longer exists in Keyward."))?;
+        let user = &subject.user;
         if user.status == "disabled" {
             return Err(fail(
                 "The user is disabled in Keyward; enable them before provisioning.",
@@ -241,35 +229,46 @@ impl Run {
                  provision passkeys for it (405). Register this user's passkey by hand instead.",
             ));
         }
-        let graph_user = self.graph_user(&user).await?;
+        // The id Graph knows the user by: the object id for users imported from this
+        // directory, else the UPN.
+        let graph_user = match &subject.directory_user {
+            Some((dir, ext)) if *dir == self.dir.id => ext.clone(),
+            _ => user.upn.clone(),
+        };
         if self.manual {
-            return manual::run(self, item, &user, &graph_user).await;
+            return manual::run(self, item, user, &graph_user).await;
         }
-        let key_id = self.key_of(&user).await?;
-        self.automated(item, &user, key_id, &graph_user).await
+        let key_id = self.key_of(&subject, item).await?;
+        self.automated(item, &subject, key_id, &graph_user).await
     }
 
-    async fn key_of(&self, user: &UserRecord) -> Result<Uuid, ItemOutcome> {
-        let store = &self.deps.store;
-        match store
-            .key_for_user(self.job.org_id, user.id)
-            .await
-            .map_err(unavailable)?
-        {
-            Some(k) if k.status == "active" => Ok(k.id),
-            Some(k) => Err(fail(format!(
-                "The user's security key is {}; resume it before provisioning.",
-                k.status
+    /// The user's active key; `None` when it is to be created with the credential.
+    async fn key_of(
+        &self,
+        subject: &ProvisioningSubject,
+        item: &JobItemRecord,
+    ) -> Result<Option<Uuid>, ItemOutcome> {
+        match &subject.key {
+            Some((id, status)) if status == "active" => Ok(Some(*id)),
+            Some((_, status)) => Err(fail(format!(
+                "The user's security key is {status}; resume it before provisioning."
             ))),
-            None if self.assign_missing_keys => {
+            // Something to reconcile for a user without a key (their key was revoked since): the
+            // reconciliation needs a key, so it is created on its own first.
+            None if self.assign_missing_keys
+                && (item.intent_credential_id.is_some()
+                    || subject.registrations > 0
+                    || subject.unregistered_automated > 0) =>
+            {
                 let k = self
                     .deps
                     .keyops
-                    .create_key(self.job.org_id, user.id, &self.job.created_by)
+                    .create_key(self.job.org_id, subject.user.id, &self.job.created_by)
                     .await
                     .map_err(unavailable)?;
-                Ok(k.id)
+                Ok(Some(k.id))
             }
+            None if self.assign_missing_keys => Ok(None),
             None => Err(fail(
                 "The user has no security key. Assign one first, or start the job with assign_missing_keys.",
             )),
@@ -308,7 +307,8 @@ impl Run {
     }
 
     /// Records the registration and finishes the item `done` in one transaction (which also
-    /// drops the item's intent): the runner has nothing left to write.
+    /// drops the item's intent), group-committed with other items on SQLite: the runner has
+    /// nothing left to write.
     async fn record(
         &self,
         item: &JobItemRecord,
@@ -317,8 +317,7 @@ impl Run {
         credential_id: &[u8],
         method_id: &str,
     ) -> Result<ItemOutcome, ItemOutcome> {
-        let mut tx = self.deps.store.begin().await.map_err(unavailable)?;
-        tx.insert_rp_registration(&RpRegistration {
+        let registration = RpRegistration {
             org_id: self.job.org_id,
             user_id: user.id,
             key_id,
@@ -328,48 +327,46 @@ impl Run {
             external_id: method_id.to_owned(),
             created_by: self.job.created_by.clone(),
             created_at: keyward_store::now(),
-        })
-        .await
-        .map_err(unavailable)?;
-        tx.append_audit(
-            self.job.org_id,
-            &self.job.created_by,
-            "provisioning.registered",
-            &format!("user:{}", user.id),
-            json!({ "rp": RP_MICROSOFT, "method_id": method_id, "credential_id": hex::encode(credential_id),
-                    "key_id": key_id, "job_id": self.job.id }),
-        )
-        .await
-        .map_err(unavailable)?;
+        };
+        let audit_detail = json!({ "rp": RP_MICROSOFT, "method_id": method_id, "credential_id": hex::encode(credential_id),
+                                   "key_id": key_id, "job_id": self.job.id });
         let result = json!({ "method_id": method_id, "credential_id": hex::encode(credential_id) });
-        tx.finish_item(
-            item.job_id,
-            item.user_id,
-            &ItemFinish::Done {
+        self.deps
+            .keyops
+            .record_registration(ItemRegistration {
+                registration,
+                job_id: item.job_id,
+                audit_detail,
                 result: Some(result),
-            },
-        )
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
+            })
+            .await
+            .map_err(unavailable)?;
         Ok(ItemOutcome::Recorded)
     }
 
     async fn automated(
         &self,
         item: &JobItemRecord,
-        user: &UserRecord,
-        key_id: Uuid,
+        subject: &ProvisioningSubject,
+        key_id: Option<Uuid>,
         graph_user: &str,
     ) -> Result<ItemOutcome, ItemOutcome> {
         let store = &self.deps.store;
         let org = self.job.org_id;
-        let regs = store
-            .rp_registrations(org, user.id, RP_MICROSOFT)
-            .await
-            .map_err(unavailable)?;
-        // Reconcile with Entra whenever something may already be there.
-        if item.intent_credential_id.is_some() || !regs.is_empty() {
+        let user = &subject.user;
+        let regs = if subject.registrations > 0 {
+            store
+                .rp_registrations(org, user.id, RP_MICROSOFT)
+                .await
+                .map_err(unavailable)?
+        } else {
+            Vec::new()
+        };
+        // Reconcile with Entra whenever something may already be there. (An intent names a
+        // credential on an existing key: the two are written together.)
+        if let Some(key_id) = key_id
+            && (item.intent_credential_id.is_some() || !regs.is_empty())
+        {
             let methods = self
                 .graph
                 .list_passkeys(graph_user)
@@ -414,36 +411,40 @@ impl Run {
                 outcome_of(&e)
             })?;
         let request = opts.authenticator_request().map_err(|e| outcome_of(&e))?;
-        // Automated credentials for this RP with no registration were never sent to Graph (the
-        // intent is written first): leftovers of a crash between makeCredential and the intent.
-        let registered: Vec<Vec<u8>> = regs.iter().map(|r| r.credential_id.clone()).collect();
-        for c in store
-            .credentials_of_user(org, user.id)
-            .await
-            .map_err(unavailable)?
+        // Automated credentials with no registration were never sent to Graph: leftovers of an
+        // attempt cut short before its intent was written (older versions wrote the two apart)
+        // or of one whose intent was cleared. Only read when there are any.
+        if let Some(key_id) = key_id
+            && subject.unregistered_automated > 0
         {
-            if c.rp_id == opts.rp_id
-                && c.via == "automated"
-                && !registered.contains(&c.credential_id)
+            let registered: Vec<Vec<u8>> = regs.iter().map(|r| r.credential_id.clone()).collect();
+            for c in store
+                .credentials_of_user(org, user.id)
+                .await
+                .map_err(unavailable)?
             {
-                self.drop_local(key_id, &c.credential_id, "never registered in Entra")
-                    .await?;
+                if c.rp_id == opts.rp_id
+                    && c.via == "automated"
+                    && !registered.contains(&c.credential_id)
+                {
+                    self.drop_local(key_id, &c.credential_id, "never registered in Entra")
+                        .await?;
+                }
             }
         }
-        let policy = Policy {
-            preauthorized_uv: true,
-            ..Policy::default()
-        };
-        let response = self
+        // The key (if new), the credential and the intent naming it commit together, before
+        // Graph hears of the credential.
+        let provisioned = self
             .deps
             .keyops
-            .ctap(
-                org,
+            .provision_credential(ProvisionOp {
+                org_id: org,
+                user_id: user.id,
                 key_id,
-                &self.job.created_by,
-                policy,
-                ctap::make_credential_request(&request),
-            )
+                actor: self.job.created_by.clone(),
+                request: ctap::make_credential_request(&request),
+                job_id: item.job_id,
+            })
             .await
             .map_err(|e| {
                 if e.is_unavailable() {
@@ -454,17 +455,13 @@ impl Run {
                     ))
                 }
             })?;
-        let made = ctap::parse_make_credential(&response).map_err(|e| match e {
+        let key_id = provisioned.key_id;
+        let made = ctap::parse_make_credential(&provisioned.response).map_err(|e| match e {
             ctap::CtapAnswerError::Status(ctap::CREDENTIAL_EXCLUDED) => fail(
                 "The user's key already holds a passkey that Entra lists for this user; remove it in Entra or Keyward first.",
             ),
             other => fail(format!("The user's security key failed: {other}")),
         })?;
-        // The intent is durable before Graph hears of the credential.
-        store
-            .set_item_intent(item.job_id, item.user_id, Some(&made.credential_id))
-            .await
-            .map_err(unavailable)?;
         let reg = Registration {
             display_name: display_name_for(&made.credential_id),
             credential_id: made.credential_id.clone(),

@@ -8,6 +8,7 @@
 //! without touching the key's credentials. On SQLite and PostgreSQL.
 
 mod api_common;
+mod relay_common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -31,6 +32,7 @@ use uuid::Uuid;
 
 const PIN_INVALID: u8 = 0x31;
 const PIN_BLOCKED: u8 = 0x32;
+const PIN_AUTH_INVALID: u8 = 0x33;
 const PIN_AUTH_BLOCKED: u8 = 0x34;
 const PIN_POLICY_VIOLATION: u8 = 0x37;
 const RP_ID: &str = "example.org";
@@ -200,6 +202,20 @@ fn change_pin_request(ours: Value, shared: &Shared, old: &str, new: &str) -> Vec
         (5, Value::bytes(new_pin_enc)),
         (6, Value::bytes(old_hash_enc)),
     ])
+}
+
+/// authenticatorMakeCredential for ES256, verified with a PIN/UV auth token (protocol 2).
+fn make_credential_with_token(user_handle: &[u8], token: &[u8]) -> Vec<u8> {
+    let client_data_hash = Sha256::digest(b"make").to_vec();
+    let mut req = make_credential(user_handle);
+    let mut params = cbor::decode(&req[1..]).expect("cbor");
+    if let Value::Map(entries) = &mut params {
+        entries.push((Value::int(8), Value::bytes(mac(token, &client_data_hash))));
+        entries.push((Value::int(9), Value::int(2)));
+    }
+    req.truncate(1);
+    req.extend(cbor::encode(&params));
+    req
 }
 
 /// authenticatorMakeCredential for ES256, without user verification.
@@ -854,4 +870,131 @@ async fn one_time_pins_are_in_no_log_audit_entry_or_database_byte() {
             }
         }
     }
+}
+
+/// With several replicas on one PostgreSQL, a PIN token that one replica issued under the old PIN
+/// stops working as soon as an admin sets a one-time PIN through another replica: the reset is a
+/// power cycle of the key on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_set_through_one_replica_voids_the_tokens_of_the_others() {
+    let Some(db) = keyward_store::testing::postgres().await else {
+        return;
+    };
+    let url = db.url.clone();
+    let ctx = ctx(db).await;
+    // Replica A, keeping its engine: the user's own tool is served there (user mode).
+    let store_a = keyward_store::Store::connect(&url).await.expect("A's pool");
+    let on_a = Arc::new(KeyOps::new(
+        store_a.clone(),
+        ctx.state.vault.clone(),
+        keyward_authenticator::Config::new(keyward_server::serve::KEYWARD_AAGUID),
+    ));
+    let mut state = ctx.state.clone();
+    state.store = store_a.clone();
+    state.relay = Some(keyward_server::relay::RelayHub::new(store_a, on_a.clone()));
+    state.ctap = Some(on_a.clone());
+    let _a = relay_common::serve(state).await;
+    let b = relay_common::replica(
+        &ctx.state,
+        keyward_store::Store::connect(&url).await.expect("B's pool"),
+    )
+    .await;
+    let org = org(&ctx, "Replicas").await;
+    let owner = org.tokens[&Role::Owner].as_str();
+
+    let r = b
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            owner,
+            Some(json!({"upn": "two@replicas.test"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", body(&r));
+    let user = r.json()["id"].as_str().expect("id").to_owned();
+    let r = b
+        .call(
+            Method::POST,
+            &format!("/api/v1/users/{user}/key"),
+            owner,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", body(&r));
+    let key: Uuid = r.json()["key_id"]
+        .as_str()
+        .expect("key")
+        .parse()
+        .expect("uuid");
+    let first = pin_of(
+        &b.call(
+            Method::POST,
+            &format!("/api/v1/keys/{key}/pin"),
+            owner,
+            None,
+        )
+        .await,
+    );
+
+    // The user's tool, served by replica A: changes the one-time PIN and holds a token.
+    let user_ctap = |req: Vec<u8>| {
+        let on_a = on_a.clone();
+        async move {
+            on_a.ctap(org.id, key, "user:test", USER, req)
+                .await
+                .expect("key operation")
+        }
+    };
+    let (ours, shared) = agree(&user_ctap(key_agreement_request()).await);
+    let changed = user_ctap(change_pin_request(
+        ours,
+        &shared,
+        &first,
+        "the users own pin",
+    ))
+    .await;
+    assert_eq!(changed[0], 0, "changePIN");
+    let token = |pin: &'static str| {
+        let user_ctap = &user_ctap;
+        async move {
+            let ka = user_ctap(key_agreement_request()).await;
+            let (ours, shared) = agree(&ka);
+            let r = user_ctap(token_request(ours, &shared, pin)).await;
+            assert_eq!(r[0], 0, "token status {:02x}", r[0]);
+            let v = cbor::decode(&r[1..]).expect("cbor");
+            let token = shared.decrypt(v.map_get_int(2).and_then(Value::as_bytes).expect("token"));
+            (ka, token)
+        }
+    };
+    // A token works once (CTAP 2.1 clears its permissions after use) …
+    let (_, used) = token("the users own pin").await;
+    let made = user_ctap(make_credential_with_token(b"u1", &used)).await;
+    assert_eq!(made[0], 0, "the token works on A: {:02x}", made[0]);
+    // … so the one to outlive the reset is fresh.
+    let (agreement, kept) = token("the users own pin").await;
+
+    // The helpdesk sets a new one-time PIN through replica B.
+    let r = b
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{key}/pin"),
+            owner,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", body(&r));
+    // A power cycle gives the key a new key-agreement key: wait until A's has changed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while user_ctap(key_agreement_request()).await == agreement {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica A never forgot the key's volatile state"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let status = user_ctap(make_credential_with_token(b"u2", &kept)).await[0];
+    assert_eq!(
+        status, PIN_AUTH_INVALID,
+        "a token issued under the old PIN: {status:02x}"
+    );
 }

@@ -571,6 +571,13 @@ pub async fn set_one_time_pin(
         CtapError::Invalid(r) => ApiError::Unprocessable(r),
         CtapError::Unavailable(d) => ApiError::Unavailable(d),
     })?;
+    if let Some(hub) = &s.relay
+        && let Err(e) = hub.key_pin_reset(p.org_id, id).await
+    {
+        // The PIN is set and must reach the admin; tokens other replicas issued under the old
+        // PIN still expire on their own.
+        tracing::warn!(key_id = %id, error = %e, "other replicas were not told to forget the key's PIN tokens");
+    }
     let key = s
         .store
         .key_by_id(p.org_id, id)

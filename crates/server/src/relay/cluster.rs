@@ -76,6 +76,9 @@ pub enum Notice {
     },
     /// The key is usable again: the user's own tools show it.
     KeyBack { org_id: Uuid, key_id: Uuid },
+    /// An admin set the key's PIN: forget its volatile state (PIN tokens, key agreement, a
+    /// soft block), as at a power cycle, so no token issued under the old PIN outlives it.
+    PowerCycle { org_id: Uuid, key_id: Uuid },
     /// The device connected to the sending replica: close any older connection of it.
     Claimed { device_id: Uuid },
 }
@@ -293,6 +296,7 @@ async fn handle(hub: &Arc<RelayHub>, payload: &str) {
             reason,
         } => hub.key_unavailable_local(org_id, key_id, &reason),
         Notice::KeyBack { org_id, key_id } => hub.key_available_local(org_id, key_id).await,
+        Notice::PowerCycle { key_id, .. } => hub.keys.power_cycle(key_id).await,
         Notice::Claimed { device_id } => {
             hub.disconnect_local(device_id, ErrorCode::Protocol, SUPERSEDED);
         }

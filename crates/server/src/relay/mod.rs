@@ -428,6 +428,17 @@ impl RelayHub {
         }
     }
 
+    /// An admin set the key's PIN: every replica forgets the key's volatile state (PIN tokens,
+    /// key agreement, a soft block) as at a power cycle. This replica's engine already did.
+    pub async fn key_pin_reset(&self, org_id: Uuid, key_id: Uuid) -> Result<(), StoreError> {
+        self.keys.power_cycle(key_id).await;
+        if self.cluster {
+            self.notify(&cluster::Notice::PowerCycle { org_id, key_id })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// A key became usable again (resumed): the user's own tools, on every replica, show it.
     pub async fn key_available(
         self: &Arc<Self>,

@@ -19,7 +19,7 @@ use keyward_pair::relay::{RelayError, RelayEvent};
 use keyward_pair::state::{DeviceKey, Home, PairState};
 use keyward_server::auth::Role;
 use keyward_store::{Backend, Store, testing};
-use relay_common::{Replica, Tool, connect_tool, ctap, next_event, next_message, replica};
+use relay_common::{Replica, Tool, connect_tool, ctap, next_event, next_message};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -29,21 +29,9 @@ const CTAP2_OK: u8 = 0x00;
 const CTAP2_ERR_NOT_ALLOWED: u8 = 0x30;
 
 async fn connect(via: &Replica, token: &str, user: Uuid) -> Uuid {
-    let r = via
-        .call(
-            Method::POST,
-            &format!("/api/v1/users/{user}/connect"),
-            token,
-            None,
-        )
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    r.json()["session_id"]
+    let (status, body) = relay_common::connect_through(via, token, user).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["session_id"]
         .as_str()
         .expect("session id")
         .parse()
@@ -179,16 +167,7 @@ async fn disabling_an_admin_takes_their_key_tool_token_and_cookie_away_at_once()
         let backend = db.backend();
         let url = db.url.clone();
         let ctx = api_common::ctx(db).await;
-        let (a, b) = if backend == Backend::Postgres {
-            (
-                replica(&ctx.state, Store::connect(&url).await.expect("A")).await,
-                replica(&ctx.state, Store::connect(&url).await.expect("B")).await,
-            )
-        } else {
-            let one = relay_common::serve(ctx.state.clone()).await;
-            let same = relay_common::serve(ctx.state.clone()).await; // same hub: one process
-            (one, same)
-        };
+        let (a, b) = relay_common::replicas(&ctx, backend, &url).await;
         let store = ctx.state.store.clone();
         let org = api_common::org(&ctx, "Alpha").await;
         let owner = org.tokens[&Role::Owner].clone();

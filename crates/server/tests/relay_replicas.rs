@@ -19,7 +19,7 @@ use keyward_server::auth::Role;
 use keyward_server::relay::AttachOutcome;
 use keyward_server::relay::protocol::SessionMode;
 use keyward_store::{NewDelegatedSession, Store, testing};
-use relay_common::{Replica, admin_tool, ctap, next_event, next_message, replica};
+use relay_common::{Replica, admin_tool, connect_through, ctap, next_event, next_message, replica};
 use uuid::Uuid;
 
 const WITHIN: Duration = Duration::from_secs(1);
@@ -47,18 +47,6 @@ async fn cluster() -> Option<Cluster> {
 
 fn id_of(v: &serde_json::Value, field: &str) -> Uuid {
     v[field].as_str().expect("id").parse().expect("uuid")
-}
-
-async fn connect_through(r: &Replica, token: &str, user: Uuid) -> (StatusCode, serde_json::Value) {
-    let resp = r
-        .call(
-            Method::POST,
-            &format!("/api/v1/users/{user}/connect"),
-            token,
-            None,
-        )
-        .await;
-    (resp.status, resp.json())
 }
 
 async fn expect_attach(tool: &mut relay_common::Tool, key: Uuid) -> Uuid {

@@ -14,8 +14,8 @@ use keyward_pair::protocol::ServerMessage;
 use keyward_pair::relay::RelayEvent;
 use keyward_pair::state::DeviceKey;
 use keyward_server::auth::Role;
-use keyward_store::{Backend, Store, testing};
-use relay_common::{Replica, connect_tool, ctap, next_event, next_message, replica};
+use keyward_store::testing;
+use relay_common::{Replica, connect_tool, ctap, next_event, next_message};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -62,16 +62,7 @@ async fn a_users_tool_loses_a_suspended_key_and_gets_it_back_on_resume() {
         let backend = db.backend();
         let url = db.url.clone();
         let ctx = api_common::ctx(db).await;
-        let (a, b) = if backend == Backend::Postgres {
-            (
-                replica(&ctx.state, Store::connect(&url).await.expect("A")).await,
-                replica(&ctx.state, Store::connect(&url).await.expect("B")).await,
-            )
-        } else {
-            let one = relay_common::serve(ctx.state.clone()).await;
-            let same = relay_common::serve(ctx.state.clone()).await; // same hub: one process
-            (one, same)
-        };
+        let (a, b) = relay_common::replicas(&ctx, backend, &url).await;
         let org = api_common::org(&ctx, "Alpha").await;
         let token = org.tokens[&Role::Owner].clone();
         let (user, key) = api_common::user_with_key(&ctx, &org, "alice@alpha.test").await;

@@ -68,6 +68,39 @@ pub async fn replica(template: &AppState, store: Store) -> Replica {
     serve(state).await
 }
 
+/// Two servers on one database: separate replicas (own pools, engines and hubs) on PostgreSQL;
+/// on SQLite, which runs as one process, two listeners sharing `ctx`'s hub.
+pub async fn replicas(
+    ctx: &crate::api_common::Ctx,
+    backend: keyward_store::Backend,
+    url: &str,
+) -> (Replica, Replica) {
+    if backend == keyward_store::Backend::Postgres {
+        (
+            replica(&ctx.state, Store::connect(url).await.expect("A")).await,
+            replica(&ctx.state, Store::connect(url).await.expect("B")).await,
+        )
+    } else {
+        (
+            serve(ctx.state.clone()).await,
+            serve(ctx.state.clone()).await,
+        )
+    }
+}
+
+/// Presses *Connect* on `user`'s page through `via`: the status and the answer.
+pub async fn connect_through(via: &Replica, token: &str, user: Uuid) -> (StatusCode, Value) {
+    let resp = via
+        .call(
+            Method::POST,
+            &format!("/api/v1/users/{user}/connect"),
+            token,
+            None,
+        )
+        .await;
+    (resp.status, resp.json())
+}
+
 /// Serves `state` (its own relay hub) on a fresh loopback port.
 pub async fn serve(state: AppState) -> Replica {
     let hub = state.relay.clone().expect("hub");

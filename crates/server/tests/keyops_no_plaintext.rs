@@ -8,7 +8,7 @@
 
 mod keyops_common;
 
-use keyward_store::testing::{self, TestDb};
+use keyward_store::testing;
 use keyward_vault::{KeyBinding, SealAad};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -30,38 +30,6 @@ fn p256_scalar(pkcs8: &[u8]) -> Vec<u8> {
         .position(|w| w == marker)
         .expect("ECPrivateKey in PKCS#8");
     pkcs8[at + marker.len()..at + marker.len() + 32].to_vec()
-}
-
-/// Everything the database holds on disk, as bytes.
-fn dump(db: &TestDb) -> Vec<u8> {
-    if let Some(path) = db.url.strip_prefix("sqlite://") {
-        let mut all = Vec::new();
-        for suffix in ["", "-wal", "-journal"] {
-            if let Ok(bytes) = std::fs::read(format!("{path}{suffix}")) {
-                all.extend(bytes);
-            }
-        }
-        assert!(!all.is_empty(), "no database file at {path}");
-        all
-    } else {
-        let out = std::process::Command::new("pg_dump")
-            .args(["--data-only", "--format=plain", "--dbname", &db.url])
-            .output()
-            .expect("pg_dump must be installed to test PostgreSQL");
-        assert!(
-            out.status.success(),
-            "pg_dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // pg_dump prints bytea as \x-hex text; scan for both encodings.
-        let mut all = out.stdout.clone();
-        all.extend(
-            String::from_utf8_lossy(&out.stdout)
-                .to_lowercase()
-                .into_bytes(),
-        );
-        all
-    }
 }
 
 fn needles(bytes: &[u8]) -> [Vec<u8>; 2] {
@@ -136,7 +104,7 @@ async fn database_holds_no_private_key_pin_or_pin_hash() {
             "verifier must be keyed, not the bare hash"
         );
 
-        let bytes = dump(&db);
+        let bytes = db.bytes_on_disk();
         assert!(
             contains(&bytes, &cred_id) || contains(&bytes, hex::encode(&cred_id).as_bytes()),
             "positive control: the scan must see the credential id"

@@ -435,31 +435,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Everything the database holds on disk, as bytes (the SQLite file and its WAL, or a pg_dump).
-fn dump(db: &TestDb) -> Vec<u8> {
-    if let Some(path) = db.url.strip_prefix("sqlite://") {
-        let mut all = Vec::new();
-        for suffix in ["", "-wal", "-journal"] {
-            if let Ok(bytes) = std::fs::read(format!("{path}{suffix}")) {
-                all.extend(bytes);
-            }
-        }
-        assert!(!all.is_empty(), "no database file at {path}");
-        all
-    } else {
-        let out = std::process::Command::new("pg_dump")
-            .args(["--data-only", "--format=plain", "--dbname", &db.url])
-            .output()
-            .expect("pg_dump must be installed to test PostgreSQL");
-        assert!(
-            out.status.success(),
-            "pg_dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-}
-
 // ---- the tests -----------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -847,7 +822,7 @@ async fn one_time_pins_are_in_no_log_audit_entry_or_database_byte() {
 
         let audit = serde_json::to_vec(&b.audit("").await).expect("json");
         let logs = logged();
-        let dump = dump(&b.ctx.db);
+        let dump = b.ctx.db.bytes_on_disk();
         // Positive controls: the scans see what is there.
         assert!(
             contains(&logs, key.to_string().as_bytes()),

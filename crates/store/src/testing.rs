@@ -19,6 +19,39 @@ impl TestDb {
     pub fn backend(&self) -> Backend {
         self.store.backend()
     }
+
+    /// Everything the database holds, as bytes, for tests that scan it for secrets: the SQLite
+    /// file with its WAL and journal, or a data-only `pg_dump` followed by its lowercased copy
+    /// (pg_dump prints bytea as `\x` hex, so a needle may be searched in both encodings).
+    pub fn bytes_on_disk(&self) -> Vec<u8> {
+        if let Some(path) = self.url.strip_prefix("sqlite://") {
+            let mut all = Vec::new();
+            for suffix in ["", "-wal", "-journal"] {
+                if let Ok(bytes) = std::fs::read(format!("{path}{suffix}")) {
+                    all.extend(bytes);
+                }
+            }
+            assert!(!all.is_empty(), "no database file at {path}");
+            all
+        } else {
+            let out = std::process::Command::new("pg_dump")
+                .args(["--data-only", "--format=plain", "--dbname", &self.url])
+                .output()
+                .expect("pg_dump must be installed to test PostgreSQL");
+            assert!(
+                out.status.success(),
+                "pg_dump failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut all = out.stdout.clone();
+            all.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .to_lowercase()
+                    .into_bytes(),
+            );
+            all
+        }
+    }
 }
 
 /// A fresh SQLite database in a temporary directory.

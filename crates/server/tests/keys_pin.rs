@@ -14,18 +14,13 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use api_common::*;
-use aws_lc_rs::agreement::{self, ECDH_P256, EphemeralPrivateKey, UnparsedPublicKey};
-use aws_lc_rs::cipher::{
-    AES_256, DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext, UnboundCipherKey,
-};
-use aws_lc_rs::iv::FixedLength;
-use aws_lc_rs::{hkdf, hmac};
 use axum::http::{Method, StatusCode};
 use keyward_authenticator::Policy;
 use keyward_ctap::cbor::{self, Value, int_map, text_map};
 use keyward_server::auth::Role;
 use keyward_server::keyops::KeyOps;
 use keyward_store::testing::TestDb;
+use keyward_testkit::pin::{self, Shared, agree, change_pin_request, key_agreement_request};
 use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -84,124 +79,9 @@ fn logged() -> Vec<u8> {
 
 // ---- the platform side of PIN/UV auth protocol 2 -----------------------------------------------
 
-struct Shared {
-    hmac_key: Vec<u8>,
-    aes_key: Vec<u8>,
-}
-
-fn kdf(z: &[u8], info: &[u8]) -> Vec<u8> {
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[0u8; 32]).extract(z);
-    let mut out = vec![0u8; 32];
-    let infos = [info];
-    prk.expand(&infos, hkdf::HKDF_SHA256)
-        .and_then(|o| o.fill(&mut out))
-        .expect("hkdf");
-    out
-}
-
-impl Shared {
-    fn encrypt(&self, plain: &[u8]) -> Vec<u8> {
-        let mut iv = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut iv).expect("rng");
-        let key = EncryptingKey::cbc(UnboundCipherKey::new(&AES_256, &self.aes_key).expect("key"))
-            .expect("cbc");
-        let mut buf = plain.to_vec();
-        key.less_safe_encrypt(&mut buf, EncryptionContext::Iv128(FixedLength::from(iv)))
-            .expect("encrypt");
-        [iv.as_slice(), &buf].concat()
-    }
-    fn decrypt(&self, data: &[u8]) -> Vec<u8> {
-        let (iv, body) = data.split_at(16);
-        let key = DecryptingKey::cbc(UnboundCipherKey::new(&AES_256, &self.aes_key).expect("key"))
-            .expect("cbc");
-        let mut buf = body.to_vec();
-        let iv: [u8; 16] = iv.try_into().expect("iv");
-        key.decrypt(&mut buf, DecryptionContext::Iv128(FixedLength::from(iv)))
-            .expect("decrypt")
-            .to_vec()
-    }
-}
-
-fn mac(key: &[u8], msg: &[u8]) -> Vec<u8> {
-    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), msg)
-        .as_ref()
-        .to_vec()
-}
-
-fn client_pin(params: Vec<(i64, Value)>) -> Vec<u8> {
-    let mut out = vec![0x06];
-    out.extend(cbor::encode(&int_map(params)));
-    out
-}
-
-fn key_agreement_request() -> Vec<u8> {
-    client_pin(vec![(1, Value::int(2)), (2, Value::int(2))])
-}
-
-/// Our COSE key and the shared secret, from a getKeyAgreement answer.
-fn agree(response: &[u8]) -> (Value, Shared) {
-    assert_eq!(response[0], 0, "getKeyAgreement status");
-    let v = cbor::decode(&response[1..]).expect("cbor");
-    let cose = v.map_get_int(1).expect("key");
-    let x = cose.map_get_int(-2).and_then(Value::as_bytes).expect("x");
-    let y = cose.map_get_int(-3).and_then(Value::as_bytes).expect("y");
-    let peer = [&[4u8][..], x, y].concat();
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let mine = EphemeralPrivateKey::generate(&ECDH_P256, &rng).expect("key");
-    let public = mine.compute_public_key().expect("public");
-    let p = public.as_ref().to_vec();
-    let shared =
-        agreement::agree_ephemeral(mine, UnparsedPublicKey::new(&ECDH_P256, &peer), (), |z| {
-            Ok(Shared {
-                hmac_key: kdf(z, b"CTAP2 HMAC key"),
-                aes_key: kdf(z, b"CTAP2 AES key"),
-            })
-        })
-        .expect("ecdh");
-    let ours = int_map(vec![
-        (1, Value::int(2)),
-        (3, Value::int(-25)),
-        (-1, Value::int(1)),
-        (-2, Value::bytes(p[1..33].to_vec())),
-        (-3, Value::bytes(p[33..65].to_vec())),
-    ]);
-    (ours, shared)
-}
-
-fn pin_hash_enc(shared: &Shared, pin: &str) -> Vec<u8> {
-    shared.encrypt(&Sha256::digest(pin.as_bytes())[..16])
-}
-
 /// getPinUvAuthTokenUsingPinWithPermissions (makeCredential on [`RP_ID`]).
 fn token_request(ours: Value, shared: &Shared, pin: &str) -> Vec<u8> {
-    client_pin(vec![
-        (1, Value::int(2)),
-        (2, Value::int(9)),
-        (3, ours),
-        (6, Value::bytes(pin_hash_enc(shared, pin))),
-        (9, Value::int(0x01)),
-        (10, Value::text(RP_ID)),
-    ])
-}
-
-/// changePIN from `old` to `new`.
-fn change_pin_request(ours: Value, shared: &Shared, old: &str, new: &str) -> Vec<u8> {
-    let mut padded = [0u8; 64];
-    padded[..new.len()].copy_from_slice(new.as_bytes());
-    let new_pin_enc = shared.encrypt(&padded);
-    let old_hash_enc = pin_hash_enc(shared, old);
-    let param = mac(
-        &shared.hmac_key,
-        &[new_pin_enc.as_slice(), &old_hash_enc].concat(),
-    );
-    client_pin(vec![
-        (1, Value::int(2)),
-        (2, Value::int(4)),
-        (3, ours),
-        (4, Value::bytes(param)),
-        (5, Value::bytes(new_pin_enc)),
-        (6, Value::bytes(old_hash_enc)),
-    ])
+    pin::token_request(ours, shared, pin, pin::PERMISSION_MC, RP_ID)
 }
 
 /// authenticatorMakeCredential for ES256, verified with a PIN/UV auth token (protocol 2).
@@ -210,7 +90,10 @@ fn make_credential_with_token(user_handle: &[u8], token: &[u8]) -> Vec<u8> {
     let mut req = make_credential(user_handle);
     let mut params = cbor::decode(&req[1..]).expect("cbor");
     if let Value::Map(entries) = &mut params {
-        entries.push((Value::int(8), Value::bytes(mac(token, &client_data_hash))));
+        entries.push((
+            Value::int(8),
+            Value::bytes(pin::authenticate(token, &client_data_hash)),
+        ));
         entries.push((Value::int(9), Value::int(2)));
     }
     req.truncate(1);

@@ -1,7 +1,9 @@
 //! Test and benchmark support shared by Keyward's crates: a CTAP-HID host over the UDP transport
 //! of design.md, `keyward softkey` as a child process, and the CTAP2 requests the benchmarks send.
-//! Only dev-dependencies use this crate; it panics with a message on anything unexpected, as a
+//! [`pin`] is the platform side of PIN/UV auth protocol 2. Only dev-dependencies use this crate; it panics with a message on anything unexpected, as a
 //! test should.
+
+pub mod pin;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};

@@ -246,14 +246,20 @@ impl Env {
             .await
             .map_err(k)?;
         let (ours, shared) = pin::agree(&ka);
-        let tr = pin::token_request(ours, &shared, &pin, keyward_graph_sim::RP_ID);
+        let tr = pin::token_request(
+            ours,
+            &shared,
+            &pin,
+            pin::PERMISSION_GA,
+            keyward_graph_sim::RP_ID,
+        );
         let token = pin::token(
             &ops.ctap(self.org.id, key, "test:user", policy, tr)
                 .await
                 .map_err(k)?,
             &shared,
         );
-        let param = pin::Shared::authenticate(&token, &hash);
+        let param = pin::authenticate(&token, &hash);
         let mut req =
             ctap::get_assertion_request(keyward_graph_sim::RP_ID, &hash, &cred.credential_id);
         let mut body = keyward_ctap::cbor::decode(&req[1..]).map_err(|e| format!("{e:?}"))?;
@@ -292,124 +298,4 @@ impl Env {
 
 /// The platform side of CTAP PIN/UV auth protocol 2, enough to get a pinUvAuthToken with the
 /// getAssertion permission: Entra's sign-in requires UV, and a Keyward key verifies users by PIN.
-pub mod pin {
-    use aws_lc_rs::agreement::{self, ECDH_P256, EphemeralPrivateKey, UnparsedPublicKey};
-    use aws_lc_rs::cipher::{
-        AES_256, DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext,
-        UnboundCipherKey,
-    };
-    use aws_lc_rs::iv::FixedLength;
-    use aws_lc_rs::{hkdf, hmac, rand};
-    use keyward_ctap::cbor::{self, Value, int_map};
-    use sha2::{Digest, Sha256};
-
-    /// Protocol 2 derives an HMAC key too; a token request only needs the AES key.
-    pub struct Shared {
-        aes_key: Vec<u8>,
-    }
-
-    fn kdf(z: &[u8], info: &[u8]) -> Vec<u8> {
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[0u8; 32]).extract(z);
-        let mut out = vec![0u8; 32];
-        let infos = [info];
-        prk.expand(&infos, hkdf::HKDF_SHA256)
-            .and_then(|o| o.fill(&mut out))
-            .expect("hkdf");
-        out
-    }
-
-    impl Shared {
-        pub fn encrypt(&self, plain: &[u8]) -> Vec<u8> {
-            let mut iv = [0u8; 16];
-            rand::fill(&mut iv).expect("rng");
-            let key =
-                EncryptingKey::cbc(UnboundCipherKey::new(&AES_256, &self.aes_key).expect("key"))
-                    .expect("cbc");
-            let mut buf = plain.to_vec();
-            key.less_safe_encrypt(&mut buf, EncryptionContext::Iv128(FixedLength::from(iv)))
-                .expect("encrypt");
-            [iv.as_slice(), &buf].concat()
-        }
-        pub fn decrypt(&self, data: &[u8]) -> Vec<u8> {
-            let (iv, body) = data.split_at(16);
-            let key =
-                DecryptingKey::cbc(UnboundCipherKey::new(&AES_256, &self.aes_key).expect("key"))
-                    .expect("cbc");
-            let mut buf = body.to_vec();
-            let iv: [u8; 16] = iv.try_into().expect("iv");
-            key.decrypt(&mut buf, DecryptionContext::Iv128(FixedLength::from(iv)))
-                .expect("decrypt")
-                .to_vec()
-        }
-        pub fn authenticate(key: &[u8], msg: &[u8]) -> Vec<u8> {
-            hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), msg)
-                .as_ref()
-                .to_vec()
-        }
-    }
-
-    /// clientPIN getKeyAgreement request (protocol 2).
-    pub fn key_agreement_request() -> Vec<u8> {
-        let mut out = vec![0x06];
-        out.extend(cbor::encode(&int_map(vec![
-            (1, Value::int(2)),
-            (2, Value::int(2)),
-        ])));
-        out
-    }
-
-    /// From the getKeyAgreement answer: our COSE key and the shared secret.
-    pub fn agree(response: &[u8]) -> (Value, Shared) {
-        assert_eq!(response[0], 0, "getKeyAgreement status");
-        let v = cbor::decode(&response[1..]).expect("cbor");
-        let cose = v.map_get_int(1).expect("key");
-        let x = cose.map_get_int(-2).and_then(Value::as_bytes).expect("x");
-        let y = cose.map_get_int(-3).and_then(Value::as_bytes).expect("y");
-        let peer = [&[4u8][..], x, y].concat();
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let mine = EphemeralPrivateKey::generate(&ECDH_P256, &rng).expect("key");
-        let public = mine.compute_public_key().expect("public");
-        let p = public.as_ref();
-        let shared =
-            agreement::agree_ephemeral(mine, UnparsedPublicKey::new(&ECDH_P256, &peer), (), |z| {
-                Ok(Shared {
-                    aes_key: kdf(z, b"CTAP2 AES key"),
-                })
-            })
-            .expect("ecdh");
-        let ours = int_map(vec![
-            (1, Value::int(2)),
-            (3, Value::int(-25)),
-            (-1, Value::int(1)),
-            (-2, Value::bytes(p[1..33].to_vec())),
-            (-3, Value::bytes(p[33..65].to_vec())),
-        ]);
-        (ours, shared)
-    }
-
-    /// getPinUvAuthTokenUsingPinWithPermissions for getAssertion on `rp_id`.
-    pub fn token_request(ours: Value, shared: &Shared, pin: &str, rp_id: &str) -> Vec<u8> {
-        let hash = Sha256::digest(pin.as_bytes());
-        let mut out = vec![0x06];
-        out.extend(cbor::encode(&int_map(vec![
-            (1, Value::int(2)),
-            (2, Value::int(9)),
-            (3, ours),
-            (6, Value::bytes(shared.encrypt(&hash[..16]))),
-            (9, Value::int(0x02)),
-            (10, Value::text(rp_id)),
-        ])));
-        out
-    }
-
-    /// The pinUvAuthToken from the answer.
-    pub fn token(response: &[u8], shared: &Shared) -> Vec<u8> {
-        assert_eq!(
-            response[0], 0,
-            "getPinUvAuthToken status 0x{:02x}",
-            response[0]
-        );
-        let v = cbor::decode(&response[1..]).expect("cbor");
-        shared.decrypt(v.map_get_int(2).and_then(Value::as_bytes).expect("token"))
-    }
-}
+pub use keyward_testkit::pin;

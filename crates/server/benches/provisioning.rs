@@ -357,7 +357,7 @@ async fn bench() {
         vault.clone(),
         keyward_authenticator::Config::new(keyward_server::serve::KEYWARD_AAGUID),
     ));
-    let _runner = runner(&store, &vault, keyops, per_bucket);
+    let _runner = runner(&store, &vault, keyops.clone(), per_bucket);
 
     // Provisioning.
     let sim = SimProcess::start(
@@ -388,12 +388,14 @@ async fn bench() {
     let reset = reset_peak_rss();
     let (cpu0, sim0) = (cpu_secs("/proc/self/stat"), cpu_secs(&sim.stat()));
     let (cs0, sql0) = (context_switches(), sql_statements());
+    let gc0 = keyops.group_commit_stats().unwrap_or_default();
     let t0 = Instant::now();
     let params = json!({"rp": "microsoft", "mode": "automated", "directory_id": dir_id, "assign_missing_keys": true});
     let j = run_job(&store, org, PROVISION_KIND, params, &users).await;
     let wall = t0.elapsed();
     let (cpu1, sim1) = (cpu_secs("/proc/self/stat"), cpu_secs(&sim.stat()));
     let (cs1, sql1) = (context_switches(), sql_statements());
+    let gc1 = keyops.group_commit_stats().unwrap_or_default();
     let keyward_cpu = cpu1 - cpu0;
     drop(sim);
     let items = store
@@ -441,6 +443,14 @@ async fn bench() {
             String::new()
         }
     );
+    if gc1.batches > gc0.batches {
+        println!(
+            "  SQLite group commit: {} operations in {} transactions ({:.1} per commit)",
+            gc1.operations - gc0.operations,
+            gc1.batches - gc0.batches,
+            (gc1.operations - gc0.operations) as f64 / (gc1.batches - gc0.batches) as f64
+        );
+    }
     println!(
         "  Keyward peak RSS {:.0} MiB {}",
         peak_rss_mib(),

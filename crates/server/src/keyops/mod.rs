@@ -98,6 +98,9 @@ impl From<VaultError> for KeyOpsError {
 /// A key's volatile state in this process. `None` until first use, and after a power cycle.
 type Slot = Arc<tokio::sync::Mutex<Option<Authenticator>>>;
 
+/// authenticatorMakeCredential.
+const MAKE_CREDENTIAL: u8 = 0x01;
+
 /// The CTAP commands that never write or sign (authenticatorGetInfo, authenticatorSelection):
 /// they are not audited, everything else is.
 const UNAUDITED_COMMANDS: [u8; 2] = [0x04, 0x0B];
@@ -665,8 +668,11 @@ impl KeyOps {
     /// UV is the server's explicit, audited authorisation (`preauthorized_uv`): an admin started
     /// the job.
     pub async fn provision_credential(&self, p: ProvisionOp) -> Result<Provisioned, KeyOpsError> {
-        if p.request.is_empty() {
-            return Err(KeyOpsError::InvalidRequest("empty CTAP request"));
+        // The admin's authorisation stands in for UV only to create a credential.
+        if p.request.first() != Some(&MAKE_CREDENTIAL) {
+            return Err(KeyOpsError::InvalidRequest(
+                "provisioning runs only authenticatorMakeCredential",
+            ));
         }
         let attestation = self.org_attestation(p.org_id).await?;
         let create = match p.key_id {
@@ -832,6 +838,33 @@ mod tests {
             KeyOpsError::Integrity
         ));
         assert!(!KeyOpsError::InvalidRequest("x").is_unavailable());
+    }
+
+    /// The admin's authorisation that stands in for UV is for creating credentials only: a
+    /// provisioning call with any other command is refused before anything is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn provisioning_runs_only_make_credential() {
+        let db = keyward_store::testing::sqlite().await;
+        let vault = keyward_vault::Vault::open(keyward_vault::KekSource::Env {
+            current: Zeroizing::new("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()),
+            next: None,
+        })
+        .expect("vault");
+        let ops = KeyOps::new(db.store.clone(), Arc::new(vault), Config::new([0; 16]));
+        for request in [vec![], vec![0x02, 0xa0], vec![0x06, 0xa0]] {
+            let r = ops
+                .provision_credential(ProvisionOp {
+                    org_id: Uuid::now_v7(),
+                    user_id: Uuid::now_v7(),
+                    key_id: None,
+                    actor: "admin:a".into(),
+                    request,
+                    job_id: Uuid::now_v7(),
+                })
+                .await;
+            assert!(matches!(r, Err(KeyOpsError::InvalidRequest(_))), "{r:?}");
+        }
+        assert!(db.store.all_wrapped_deks().await.expect("keys").is_empty());
     }
 
     #[test]

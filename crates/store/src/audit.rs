@@ -178,6 +178,34 @@ pub(crate) async fn append(
 #[derive(Debug, Clone, Default)]
 pub(crate) struct HeadCache {
     heads: std::collections::HashMap<Uuid, (i64, Vec<u8>)>,
+    /// The cached heads are already written back in this transaction (by [`HeadCache::write_sql`]
+    /// in an operation's last statement): [`flush_heads`] has nothing to do.
+    written: bool,
+}
+
+impl HeadCache {
+    /// Statements that write every cached head back, parameters numbered from `$first`, and
+    /// their values (seq, hash, organisation) in that order. The caller marks them
+    /// [`HeadCache::set_written`] once they ran.
+    pub(crate) fn write_sql(&self, first: usize) -> (String, Vec<(i64, Vec<u8>, Uuid)>) {
+        let mut sql = String::new();
+        let mut values = Vec::with_capacity(self.heads.len());
+        for (i, (org_id, (seq, hash))) in self.heads.iter().enumerate() {
+            let p = first + 3 * i;
+            sql.push_str(&format!(
+                "UPDATE audit_heads SET seq = ${}, hash = ${} WHERE org_id = ${}; ",
+                p,
+                p + 1,
+                p + 2
+            ));
+            values.push((*seq, hash.clone(), *org_id));
+        }
+        (sql, values)
+    }
+
+    pub(crate) fn set_written(&mut self) {
+        self.written = true;
+    }
 }
 
 /// Appends an entry like [`append`], but reads the organisation's head once per transaction and
@@ -222,6 +250,7 @@ pub(crate) async fn append_cached(
         .bind(&prev_hash).bind(&hash)
         .execute(&mut *c).await?;
         cache.heads.insert(org_id, (seq, hash));
+        cache.written = false;
         Ok(seq)
     })
 }
@@ -314,6 +343,7 @@ pub(crate) fn prepare_cached(
     let seq = prev_seq + 1;
     let hash = entry_hash(&prev_hash, seq, org_id, at, actor, action, target, detail);
     cache.heads.insert(org_id, (seq, hash.clone()));
+    cache.written = false;
     Ok(PreparedEntry {
         org_id,
         seq,
@@ -332,6 +362,10 @@ pub(crate) async fn flush_heads(
     inner: &mut TxInner,
     cache: &mut HeadCache,
 ) -> Result<(), StoreError> {
+    if std::mem::take(&mut cache.written) {
+        cache.heads.clear();
+        return Ok(());
+    }
     for (org_id, (seq, hash)) in cache.heads.drain() {
         on_tx!(&mut *inner, c => {
             sqlx::query("UPDATE audit_heads SET seq = $1, hash = $2 WHERE org_id = $3")

@@ -446,6 +446,7 @@ impl KeyTx {
             inner,
             batch,
             released,
+            write_heads,
             ..
         } = self;
         let cache = batch
@@ -460,6 +461,8 @@ impl KeyTx {
             &target,
             &r.audit_detail,
         )?;
+        // The batch's last operation also writes the audit heads back.
+        let heads = std::mem::take(write_heads).then(|| cache.write_sql(22));
         let TxInner::Sqlite(t) = inner else {
             return Err(StoreError::Invalid("not a SQLite batch".into()));
         };
@@ -471,8 +474,9 @@ impl KeyTx {
             "{DONE_ITEM_SQL}; UPDATE jobs SET done = done + 1, updated_at = $2 WHERE id = $3 AND changes() = 1 \
              RETURNING id; \
              INSERT INTO rp_registrations ({REG_COLUMNS}) VALUES ($5, $4, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT DO NOTHING; {}; {}",
+             ON CONFLICT DO NOTHING; {}; {}{}",
             crate::audit::PreparedEntry::sql(13),
+            heads.as_ref().map_or("", |(sql, _)| sql.as_str()),
             crate::keys::KEEP_OP
         );
         let q = sqlx::query(&sql)
@@ -488,8 +492,17 @@ impl KeyTx {
             .bind(&reg.external_id)
             .bind(&reg.created_by)
             .bind(reg.created_at);
+        let mut q = entry.bind_sqlite(q);
+        if let Some((_, values)) = heads.clone() {
+            for (seq, hash, org) in values {
+                q = q.bind(seq).bind(hash).bind(org);
+            }
+        }
         // Only the job's counter returns a row: when the item was still running.
-        let rows = entry.bind_sqlite(q).fetch_all(&mut *c).await?;
+        let rows = q.fetch_all(&mut *c).await?;
+        if heads.is_some() {
+            cache.set_written();
+        }
         // The operation's savepoint is released with it (see `KeyTx::end_op`).
         *released = true;
         Ok(!rows.is_empty())
@@ -1255,7 +1268,9 @@ mod tests {
                     let mark = kt.mark();
                     assert!(kt.record_registration(&registration).await.expect("record"));
                     kt.end_op(true, mark).await.expect("keep");
-                    // A released operation cannot be rolled back on its own any more.
+                    // A released operation cannot be rolled back on its own any more. As the
+                    // batch's last, it writes the audit heads back itself.
+                    kt.write_heads_with_next_op();
                     let mark = kt.mark();
                     assert!(!kt.record_registration(&registration).await.expect("again"));
                     assert!(kt.end_op(false, mark).await.is_err());

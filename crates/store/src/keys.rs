@@ -243,6 +243,7 @@ impl Store {
             inner,
             batch: None,
             released: false,
+            write_heads: false,
         })
     }
 
@@ -261,6 +262,7 @@ impl Store {
             inner,
             batch: None,
             released: false,
+            write_heads: false,
         })
     }
 
@@ -287,6 +289,7 @@ impl Store {
             inner,
             batch: Some(crate::audit::HeadCache::default()),
             released: false,
+            write_heads: false,
         })
     }
 
@@ -470,6 +473,9 @@ pub struct KeyTx {
     /// ([`KeyTx::finish_op`], [`KeyTx::record_registration`]), so [`KeyTx::end_op`] has nothing
     /// left to do for it.
     pub(crate) released: bool,
+    /// In a batch: the next operation's last statement also writes the audit heads back, because
+    /// it is the batch's last operation ([`KeyTx::write_heads_with_next_op`]).
+    pub(crate) write_heads: bool,
 }
 
 /// What a key operation writes last ([`KeyTx::finish_op`]).
@@ -593,6 +599,14 @@ impl KeyTx {
                 .await?;
         }
         Ok(rec)
+    }
+
+    /// Marks the operation about to begin as the batch's last: if it ends with one multi-statement
+    /// query ([`KeyTx::finish_op`], [`KeyTx::record_registration`]), that query also writes the
+    /// audit heads back, which saves [`KeyTx::commit`] a round trip. If it fails instead, the
+    /// commit writes them as usual.
+    pub fn write_heads_with_next_op(&mut self) {
+        self.write_heads = true;
     }
 
     /// What [`KeyTx::end_op`] restores if the operation about to begin is rolled back; take it
@@ -776,6 +790,7 @@ impl KeyTx {
             inner,
             batch,
             released,
+            write_heads,
             ..
         } = self;
         let cache = batch
@@ -817,6 +832,10 @@ impl KeyTx {
             sql.push_str(&crate::audit::PreparedEntry::sql(28));
             sql.push_str("; ");
         }
+        let heads = std::mem::take(write_heads).then(|| cache.write_sql(37));
+        if let Some((heads_sql, _)) = &heads {
+            sql.push_str(heads_sql);
+        }
         sql.push_str(KEEP_OP);
         let mut q = sqlx::query(&sql);
         // Unused parameters are bound as NULLs so that the numbering holds.
@@ -837,11 +856,25 @@ impl KeyTx {
                 .bind(None::<i64>)
                 .bind(None::<i64>),
         };
-        if let Some(entry) = entry {
-            q = entry.bind_sqlite(q);
+        q = match entry {
+            Some(entry) => entry.bind_sqlite(q),
+            None => {
+                for _ in 0..9 {
+                    q = q.bind(None::<i64>);
+                }
+                q
+            }
+        };
+        if let Some((_, values)) = heads.clone() {
+            for (seq, hash, org) in values {
+                q = q.bind(seq).bind(hash).bind(org);
+            }
         }
         let c: &mut sqlx::SqliteConnection = &mut *t;
         let rows = q.fetch_all(&mut *c).await?;
+        if heads.is_some() {
+            cache.set_written();
+        }
         if first.is_some() && rows.is_empty() {
             return Err(StoreError::Conflict(
                 "credential id already on this key".into(),

@@ -14,6 +14,7 @@ use axum::http::{Method, StatusCode};
 use jobs_common::env;
 use keyward_graph_sim::SimConfig;
 use keyward_pair::protocol::ServerMessage;
+use keyward_store::SealedKind;
 use relay_common::{admin_tool, next_message, serve};
 use serde_json::Value;
 use uuid::Uuid;
@@ -91,7 +92,24 @@ async fn revealing_the_pass_connects_the_admins_tool_or_says_it_is_offline() {
 
     // Offline: the pass is shown, the connection is not started, and the answer says why.
     let job = manual_job_for(&env, users[0]).await;
+    // The pass waits sealed on the item, where `keyward vault rotate` finds it …
+    let sealed_passes = || async {
+        env.ctx
+            .state
+            .store
+            .sealed_values(SealedKind::TemporaryAccessPass)
+            .await
+            .expect("sealed passes")
+            .len()
+    };
+    assert_eq!(
+        sealed_passes().await,
+        1,
+        "the sealed pass is found for rotation"
+    );
     let revealed = reveal(&env, &job, users[0]).await;
+    // … until it is revealed, which removes it.
+    assert_eq!(sealed_passes().await, 0);
     assert!(
         revealed["temporary_access_pass"]
             .as_str()

@@ -70,6 +70,11 @@ pub struct JobItemRecord {
 }
 
 impl JobItemRecord {
+    /// The key of a manual-provisioning item's `result` object that holds its sealed Temporary
+    /// Access Pass, base64 (written by the server's `provisioning::manual`, removed when revealed;
+    /// found by `keyward vault rotate` under this name).
+    pub const TAP_SEALED_FIELD: &'static str = "tap_sealed";
+
     /// The vault context of a manual-provisioning item's sealed Temporary Access Pass: bound to
     /// the organisation, the job and the user.
     pub fn tap_context(org_id: Uuid, job_id: Uuid, user_id: Uuid) -> String {

@@ -22,9 +22,7 @@ use crate::{
     from_json_text, on_pool, to_json_text,
 };
 
-/// The key of a manual-provisioning item's `result` object that holds its sealed Temporary
-/// Access Pass, base64 (written by the server's `provisioning::manual`, removed when revealed).
-const TAP_SEALED_FIELD: &str = "tap_sealed";
+const TAP_SEALED_FIELD: &str = JobItemRecord::TAP_SEALED_FIELD;
 
 /// The kinds of sealed values the database holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

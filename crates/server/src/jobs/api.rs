@@ -37,7 +37,9 @@ impl From<JobItemRecord> for JobItem {
     fn from(mut i: JobItemRecord) -> Self {
         // A sealed Temporary Access Pass is revealed only through its own endpoint.
         if let Some(obj) = i.result.as_mut().and_then(|r| r.as_object_mut())
-            && obj.remove("tap_sealed").is_some()
+            && obj
+                .remove(keyward_store::JobItemRecord::TAP_SEALED_FIELD)
+                .is_some()
         {
             obj.insert("tap_available".into(), serde_json::Value::Bool(true));
         }

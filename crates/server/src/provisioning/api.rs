@@ -159,7 +159,7 @@ pub async fn reveal_tap(
         .ok_or(ApiError::NotFound)?;
     let mut result = item.result.clone().unwrap_or(json!({}));
     let sealed = result
-        .get("tap_sealed")
+        .get(keyward_store::JobItemRecord::TAP_SEALED_FIELD)
         .and_then(|v| v.as_str())
         .map(str::to_owned);
     let Some(sealed) = sealed.filter(|_| item.state == item_state::DONE) else {
@@ -185,7 +185,7 @@ pub async fn reveal_tap(
     let connection = crate::relay::api::try_start_delegated_session(&s, &p, user_id).await?;
     // Forget it before answering: shown once means at most once, even if the answer is lost.
     if let Some(obj) = result.as_object_mut() {
-        obj.remove("tap_sealed");
+        obj.remove(keyward_store::JobItemRecord::TAP_SEALED_FIELD);
         obj.insert("tap_revealed".into(), json!(true));
         obj.insert("connection".into(), json!(connection));
     }

@@ -63,7 +63,7 @@ pub(super) async fn run(
     tx.commit().await.map_err(unavailable)?;
     Ok(ItemOutcome::Done(Some(json!({
         "tap_id": tap.id,
-        "tap_sealed": STANDARD.encode(sealed),
+        (keyward_store::JobItemRecord::TAP_SEALED_FIELD): STANDARD.encode(sealed),
         "tap_expires_in_minutes": tap.lifetime_minutes.unwrap_or(TAP_LIFETIME_MINUTES),
         "usable_once": tap.usable_once,
         "instructions": instructions(&user.upn),

@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keyward_pair::protocol::{ErrorCode, ServerMessage};
 use keyward_pair::relay::{RelayError, RelayEvent};
 use keyward_pair::state::{DeviceKey, Home, PairState};
@@ -115,22 +113,7 @@ async fn me_with_cookie(via: &Replica, cookie: &str) -> StatusCode {
 /// `home`, so that the same device can connect again later; connects it to `to`.
 async fn admin_tool_in(home: &Home, via: &Replica, token: &str, to: &Replica) -> Tool {
     let (key, pkcs8) = DeviceKey::generate().expect("device key");
-    let r = via
-        .call(
-            Method::POST,
-            "/api/v1/pair/devices",
-            token,
-            Some(json!({"name": "admin's laptop", "public_key": URL_SAFE_NO_PAD.encode(key.public_key())})),
-        )
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    let registered: keyward_pair::protocol::DeviceRegistered =
-        serde_json::from_slice(&r.body).expect("registration");
+    let registered = relay_common::register_admin_device(via, token, &key).await;
     let state = PairState {
         server: format!("http://{}", to.addr),
         device_id: registered.device_id.clone(),
@@ -139,10 +122,7 @@ async fn admin_tool_in(home: &Home, via: &Replica, token: &str, to: &Replica) ->
     };
     home.save(&pkcs8, &state).expect("save");
     let mut tool = connect_again(home, to);
-    match next_event(&mut tool.events, Duration::from_secs(10)).await {
-        RelayEvent::Connected { .. } => {}
-        other => panic!("expected the tool to connect, got {other:?}"),
-    }
+    relay_common::expect_connected(&mut tool).await;
     tool
 }
 

@@ -135,9 +135,12 @@ pub struct Tool {
     pub events: mpsc::Receiver<RelayEvent>,
 }
 
-/// Registers a device for the admin holding `token` (through `via`) and connects it to `to`.
-pub async fn admin_tool(via: &Replica, token: &str, to: &Replica) -> Tool {
-    let (key, _) = DeviceKey::generate().expect("device key");
+/// Registers `key` as a pairing tool of the admin holding `token`, through `via`.
+pub async fn register_admin_device(
+    via: &Replica,
+    token: &str,
+    key: &DeviceKey,
+) -> keyward_pair::protocol::DeviceRegistered {
     let r = via
         .call(
             Method::POST,
@@ -152,16 +155,23 @@ pub async fn admin_tool(via: &Replica, token: &str, to: &Replica) -> Tool {
         "{}",
         String::from_utf8_lossy(&r.body)
     );
-    let device_id: Uuid = r.json()["device_id"]
-        .as_str()
-        .expect("id")
-        .parse()
-        .expect("uuid");
-    let mut tool = connect_tool(to, device_id, key);
+    serde_json::from_slice(&r.body).expect("registration")
+}
+
+/// Waits until `tool` has logged in to its server.
+pub async fn expect_connected(tool: &mut Tool) {
     match next_event(&mut tool.events, Duration::from_secs(10)).await {
         RelayEvent::Connected { .. } => {}
         other => panic!("expected the tool to connect, got {other:?}"),
     }
+}
+
+/// Registers a device for the admin holding `token` (through `via`) and connects it to `to`.
+pub async fn admin_tool(via: &Replica, token: &str, to: &Replica) -> Tool {
+    let (key, _) = DeviceKey::generate().expect("device key");
+    let registered = register_admin_device(via, token, &key).await;
+    let mut tool = connect_tool(to, registered.device_id.parse().expect("uuid"), key);
+    expect_connected(&mut tool).await;
     tool
 }
 

@@ -189,9 +189,10 @@ fn main() {
     }
     println!();
     println!(
-        "each getAssertion persists the new sign counter before replying: one record written in \
-         place into the preallocated counter journal and fdatasync'ed; the disk line times just \
-         that write in the same directory"
+        "each getAssertion's counter is on disk before its answer leaves: right after answering, \
+         the key writes the credential's next counter into its preallocated journal (one record \
+         in place, fdatasync), so a call made straight after the previous answer waits for what \
+         is left of that write; the disk line times just that write in the same directory"
     );
     if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
         println!(

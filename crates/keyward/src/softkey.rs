@@ -173,13 +173,11 @@ impl Handler for SoftKey {
             env: &mut self.env,
             policy: Policy::default(),
         };
-        let response = self.engine.process(&mut ctx, request);
-        tracing::info!(
-            command = request.first().copied().unwrap_or(0),
-            status = response.first().copied().unwrap_or(0),
-            "ctap2 request"
-        );
-        response
+        self.engine.process(&mut ctx, request)
+    }
+
+    fn answered(&mut self) {
+        self.store.reserve_next_count();
     }
 
     fn may_wait(&self) -> bool {

@@ -11,7 +11,9 @@
 //! reply never leaves before its state is on disk, a crash mid-write leaves the old or the new
 //! state but never a torn one (a torn journal record is discarded on load, and its answer never
 //! left), and a failed write leaves memory and disk agreeing or at worst the disk ahead (a counter
-//! skipped, never repeated); the engine then fails closed with CTAP2_ERR_OTHER.
+//! skipped, never repeated); the engine then fails closed with CTAP2_ERR_OTHER. A signature
+//! counter may also be written ahead of its use, right after an answer has left
+//! ([`FileStore::reserve_next_count`]), so that the next signature need not wait for the disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
@@ -352,10 +354,29 @@ pub struct FileStore {
     /// which case the next change starts a new journal.
     journal: Option<Journal>,
     journal_capacity: u64,
+    /// The next signature counter of the credential that signed last, already on disk but not
+    /// yet issued (see [`FileStore::reserve_next_count`]).
+    reserved: Option<SignCount>,
+    /// The credential that signed in the request being answered, whose next counter is reserved
+    /// once the answer has left.
+    to_reserve: Option<Vec<u8>>,
+}
+
+/// A credential's signature counter value.
+#[derive(Debug)]
+struct SignCount {
+    id: Vec<u8>,
+    count: u32,
 }
 
 fn io_error(e: std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("writing the state file: {e}"))
+}
+
+fn set_sign_count(state: &mut StateFile, id: &[u8], count: u32) {
+    if let Some(cred) = state.credentials.iter_mut().find(|c| c.id == id) {
+        cred.sign_count = count;
+    }
 }
 
 /// Applies one journal record to the state read from disk.
@@ -390,6 +411,8 @@ impl FileStore {
             state,
             journal: None,
             journal_capacity: journal::DEFAULT_CAPACITY,
+            reserved: None,
+            to_reserve: None,
         }
     }
 
@@ -429,6 +452,41 @@ impl FileStore {
     #[cfg(test)]
     pub fn set_journal_capacity(&mut self, bytes: u64) {
         self.journal_capacity = bytes;
+    }
+
+    /// Writes the next signature counter of the credential that signed in the request just
+    /// answered to the journal, durably, ahead of its use: that credential's next signature then
+    /// takes the value without a disk write of its own. Called once the answer has left, so the
+    /// host's next request arrives while this write is under way instead of waiting behind it.
+    ///
+    /// Every counter value is still on disk before an answer carrying it leaves: a signature
+    /// takes either the reserved value, synced here, or a value it writes and syncs itself. On
+    /// disk a credential's counter is the last value issued or one more; after a crash the key
+    /// continues above it, so a reserved value never issued is skipped, never repeated. One
+    /// credential holds the reservation at a time (a key serves one sign-in after another); a
+    /// signature by another credential writes its own counter.
+    pub fn reserve_next_count(&mut self) {
+        let Some(id) = self.to_reserve.take() else {
+            return;
+        };
+        let Some(count) = self
+            .state
+            .credentials
+            .iter()
+            .find(|c| c.id == id)
+            .and_then(|c| c.sign_count.checked_add(1))
+        else {
+            return;
+        };
+        let record = Record::SignCount {
+            id: id.clone(),
+            count,
+        };
+        match self.journal_change(record, |s| set_sign_count(s, &id, count)) {
+            Ok(()) => self.reserved = Some(SignCount { id, count }),
+            // The next signature writes its own counter, as without a reservation.
+            Err(e) => tracing::warn!(error = %e, "could not reserve the next signature counter"),
+        }
     }
 
     /// Folds the journal into the state file and starts a new, empty journal.
@@ -661,6 +719,7 @@ impl Store for FileStore {
         if self.state.credentials.iter().all(|c| c.id != id) {
             return Ok(false);
         }
+        self.reserved.take_if(|r| r.id == id);
         self.update(|s| {
             s.credentials.retain(|c| c.id != id);
             Ok(true)
@@ -668,6 +727,11 @@ impl Store for FileStore {
     }
 
     fn next_sign_count(&mut self, id: &[u8]) -> Result<u32, StoreError> {
+        if let Some(reserved) = self.reserved.take_if(|r| r.id == id) {
+            // Synced when it was reserved; the state in memory already holds it.
+            self.to_reserve = Some(reserved.id);
+            return Ok(reserved.count);
+        }
         let cred = self
             .state
             .credentials
@@ -684,16 +748,15 @@ impl Store for FileStore {
                 id: id.to_vec(),
                 count,
             },
-            |s| {
-                if let Some(cred) = Self::find(s, id) {
-                    cred.sign_count = count;
-                }
-            },
+            |s| set_sign_count(s, id, count),
         )?;
+        self.to_reserve = Some(id.to_vec());
         Ok(count)
     }
 
     fn wipe(&mut self) -> Result<(), StoreError> {
+        self.reserved = None;
+        self.to_reserve = None;
         self.update(|s| {
             s.credentials.clear();
             s.key_state = StoredKeyState::from(&KeyState::default());

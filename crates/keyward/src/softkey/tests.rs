@@ -590,6 +590,172 @@ fn a_full_journal_is_folded_into_the_state_file() {
     assert_eq!(names.len(), 3, "no temporary files left: {names:?}");
 }
 
+// --- Counter reservations --------------------------------------------------------------------
+
+#[test]
+fn a_reserved_counter_is_on_disk_before_it_is_issued_and_never_repeats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, path) = store_with_credential(dir.path());
+    let journal = journal::path_for(&path);
+    assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), 1);
+    assert_eq!(count_on_disk(&path), 1);
+    // What the transport calls once the answer has left.
+    store.reserve_next_count();
+    assert_eq!(
+        count_on_disk(&path),
+        2,
+        "the next value is written ahead of use"
+    );
+    for expected in 2..=20 {
+        let before = fs::read(&journal).expect("journal");
+        assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), expected);
+        assert_eq!(
+            fs::read(&journal).expect("journal"),
+            before,
+            "a reserved value needs no write of its own"
+        );
+        assert_eq!(
+            count_on_disk(&path),
+            expected,
+            "on disk before it is issued"
+        );
+        store.reserve_next_count();
+        assert_eq!(count_on_disk(&path), expected + 1);
+    }
+    // Answers without a signature reserve nothing.
+    let before = fs::read(&journal).expect("journal");
+    store.reserve_next_count();
+    assert_eq!(fs::read(&journal).expect("journal"), before);
+    // A restart or crash with a reservation outstanding: the key continues above the reserved
+    // value, which is skipped; no value issued is ever issued again.
+    let mut restarted = reload(&path);
+    assert_eq!(restarted.next_sign_count(&[1; 32]).expect("count"), 22);
+}
+
+#[test]
+fn a_reservation_lost_in_a_crash_leaves_the_issued_counter_on_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, path) = store_with_credential(dir.path());
+    let journal = journal::path_for(&path);
+    for _ in 0..3 {
+        store.next_sign_count(&[1; 32]).expect("count");
+        store.reserve_next_count();
+    }
+    // Issued 3 (taken from a reservation) and reserved 4. Cut the reservation's record off at
+    // every byte, as a crash during its write would.
+    assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), 3 + 1);
+    let before = fs::read(&journal).expect("journal");
+    store.reserve_next_count();
+    let after = fs::read(&journal).expect("journal");
+    let start = before
+        .iter()
+        .zip(&after)
+        .position(|(a, b)| a != b)
+        .expect("the reservation was written");
+    let end = after
+        .iter()
+        .zip(&before)
+        .rposition(|(a, b)| a != b)
+        .expect("the reservation was written")
+        + 1;
+    for cut in start..=end {
+        let mut torn = after.clone();
+        torn[cut..].copy_from_slice(&before[cut..]);
+        fs::write(&journal, &torn).expect("write");
+        let on_disk = count_on_disk(&path);
+        assert!(
+            on_disk == 4 || (on_disk == 5 && torn == after),
+            "cut at {cut}: counter {on_disk}"
+        );
+    }
+    // The key continues above whatever the crash left (loading writes nothing; signing does).
+    fs::write(&journal, &before).expect("write");
+    assert_eq!(reload(&path).next_sign_count(&[1; 32]).expect("count"), 5);
+}
+
+#[test]
+fn another_credential_writes_its_own_counter_and_nothing_repeats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, path) = store_with_credential(dir.path());
+    store
+        .insert_credential(&credential(2, "example.org", 2, false))
+        .expect("insert");
+    let mut last = std::collections::HashMap::<u8, u32>::new();
+    // Alternating, repeating and restarting: each credential's counters only ever grow.
+    for (step, id) in [1u8, 1, 2, 2, 1, 2, 1, 1, 1, 2].into_iter().enumerate() {
+        let count = store.next_sign_count(&[id; 32]).expect("count");
+        let on_disk = reload(&path)
+            .credential(&[id; 32])
+            .expect("read")
+            .expect("present")
+            .sign_count;
+        assert!(
+            on_disk >= count,
+            "step {step}: issued {count}, on disk {on_disk}"
+        );
+        if let Some(previous) = last.insert(id, count) {
+            assert!(count > previous, "step {step}: {count} after {previous}");
+        }
+        store.reserve_next_count();
+        if step == 6 {
+            store = reload(&path);
+        }
+    }
+}
+
+#[test]
+fn deleting_or_wiping_drops_the_reservation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, _path) = store_with_credential(dir.path());
+    store.next_sign_count(&[1; 32]).expect("count");
+    store.reserve_next_count();
+    assert!(store.delete_credential(&[1; 32]).expect("delete"));
+    store.reserve_next_count();
+    assert!(
+        store.next_sign_count(&[1; 32]).is_err(),
+        "gone, reservation too"
+    );
+
+    store
+        .insert_credential(&credential(2, "example.org", 2, true))
+        .expect("insert");
+    store.next_sign_count(&[2; 32]).expect("count");
+    store.reserve_next_count();
+    store.wipe().expect("wipe");
+    store
+        .insert_credential(&credential(2, "example.org", 2, true))
+        .expect("insert");
+    assert_eq!(
+        store.next_sign_count(&[2; 32]).expect("count"),
+        1,
+        "a credential created after the reset starts afresh, not at the old reservation"
+    );
+}
+
+#[test]
+fn a_reservation_that_fills_the_journal_folds_it_while_nothing_waits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, path) = store_with_credential(dir.path());
+    store.set_journal_capacity(0); // the smallest journal: a few dozen records
+    store.compact().expect("compact");
+    let mut ids = std::collections::HashSet::new();
+    for expected in 1..=200u32 {
+        let before = store.state().journal.clone().expect("journal").id;
+        assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), expected);
+        if expected > 1 {
+            assert_eq!(
+                store.state().journal.clone().expect("journal").id,
+                before,
+                "signatures take reserved values: the journal is replaced only by reservations"
+            );
+        }
+        store.reserve_next_count();
+        ids.insert(store.state().journal.clone().expect("journal").id);
+        assert_eq!(count_on_disk(&path), expected + 1);
+    }
+    assert!(ids.len() > 2, "the journal was replaced as it filled up");
+}
+
 #[test]
 fn a_version_1_state_file_is_read_and_upgraded() {
     let dir = tempfile::tempdir().expect("tempdir");

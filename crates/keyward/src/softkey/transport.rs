@@ -42,6 +42,10 @@ pub struct Signals {
 pub trait Handler: Send + 'static {
     fn handle(&mut self, request: &[u8]) -> Vec<u8>;
 
+    /// Called once the answer to the last request has been sent: work the answer did not need
+    /// to wait for.
+    fn answered(&mut self) {}
+
     /// Whether a request may wait on something outside the key (a person's touch), so that it
     /// needs keepalives and CANCEL while it runs.
     fn may_wait(&self) -> bool {
@@ -98,9 +102,58 @@ fn channel_of(report: &[u8]) -> u32 {
     u32::from_be_bytes([report[0], report[1], report[2], report[3]])
 }
 
+/// One line per answered CTAP2 request, written once the answer has left: the line costs a
+/// write to the log's output, which the host should not wait for.
+fn log_answered(command: u8, response: &[u8]) {
+    tracing::info!(
+        command,
+        status = response.first().copied().unwrap_or(0),
+        "ctap2 request"
+    );
+}
+
 fn send(socket: &UdpSocket, report: &[u8; REPORT_SIZE], peer: SocketAddr) {
     if let Err(e) = socket.send_to(report, peer) {
         tracing::debug!(%peer, error = %e, "could not send a report");
+    }
+}
+
+/// Sends the reports of one message, in order. On Linux they go in one `sendmmsg` call, so the
+/// host is woken once for the whole answer rather than once per report.
+#[cfg(target_os = "linux")]
+fn send_all(socket: &UdpSocket, reports: &[[u8; REPORT_SIZE]], peer: SocketAddr) {
+    use rustix::net::addr::SocketAddrArg as _;
+    use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, sendmmsg};
+    use std::io::IoSlice;
+
+    let address = peer.as_any();
+    let slices: Vec<[IoSlice<'_>; 1]> = reports.iter().map(|r| [IoSlice::new(r)]).collect();
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = reports
+        .iter()
+        .map(|_| SendAncillaryBuffer::default())
+        .collect();
+    let mut messages: Vec<MMsgHdr<'_>> = slices
+        .iter()
+        .zip(&mut controls)
+        .map(|(slice, control)| MMsgHdr::new_with_addr(&address, slice, control))
+        .collect();
+    let mut sent = 0;
+    while sent < messages.len() {
+        match sendmmsg(socket, &mut messages[sent..], SendFlags::empty()) {
+            Ok(n) if n > 0 => sent += n,
+            // Report by report from here, each failure logged as `send` does.
+            _ => break,
+        }
+    }
+    for report in &reports[sent..] {
+        send(socket, report, peer);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_all(socket: &UdpSocket, reports: &[[u8; REPORT_SIZE]], peer: SocketAddr) {
+    for report in reports {
+        send(socket, report, peer);
     }
 }
 
@@ -154,6 +207,7 @@ pub fn serve(
                         HidEvent::Send(report) => send(&socket, &report, peer),
                         HidEvent::Request { cid, cmd, payload } => {
                             tracing::debug!(cid, cmd, len = payload.len(), "request");
+                            let command = payload.first().copied().unwrap_or(0);
                             link.request_peer = Some(peer);
                             link.last_keepalive_ms = now;
                             signals.cancel.store(false, Ordering::SeqCst);
@@ -171,8 +225,10 @@ pub fn serve(
                             // happens if the worker is gone: answer rather than hang.
                             let response =
                                 response.unwrap_or_else(|| vec![StatusCode::Other.as_u8()]);
-                            for r in link.device.respond(cid, cmd, &response) {
-                                send(&socket, &r, peer);
+                            send_all(&socket, &link.device.respond(cid, cmd, &response), peer);
+                            log_answered(command, &response);
+                            if let Runner::Inline(handler) = &mut runner {
+                                handler.answered();
                             }
                         }
                         HidEvent::Cancel { cid } => {
@@ -233,6 +289,7 @@ fn work(
     signals: &Signals,
 ) {
     for job in queue {
+        let command = job.payload.first().copied().unwrap_or(0);
         let response = if signals.cancel.load(Ordering::SeqCst) {
             // Cancelled before the engine saw it: nothing was done, say so.
             vec![StatusCode::KeepaliveCancel.as_u8()]
@@ -243,18 +300,14 @@ fn work(
             handler.handle(&job.payload)
         };
         signals.up_needed.store(false, Ordering::SeqCst);
-        tracing::debug!(
-            cid = job.cid,
-            status = response.first().copied().unwrap_or(0),
-            "response"
-        );
         let mut link = lock(link);
         let peer = link.request_peer;
         let reports = link.device.respond(job.cid, hid::cmd::CBOR, &response);
         if let Some(peer) = peer {
-            for report in &reports {
-                send(socket, report, peer);
-            }
+            send_all(socket, &reports, peer);
         }
+        drop(link);
+        log_answered(command, &response);
+        handler.answered();
     }
 }

@@ -226,10 +226,10 @@ pub fn serve(
                             let response =
                                 response.unwrap_or_else(|| vec![StatusCode::Other.as_u8()]);
                             send_all(&socket, &link.device.respond(cid, cmd, &response), peer);
-                            log_answered(command, &response);
                             if let Runner::Inline(handler) = &mut runner {
                                 handler.answered();
                             }
+                            log_answered(command, &response);
                         }
                         HidEvent::Cancel { cid } => {
                             tracing::debug!(cid, "host cancelled the request");
@@ -307,7 +307,7 @@ fn work(
             send_all(socket, &reports, peer);
         }
         drop(link);
-        log_answered(command, &response);
         handler.answered();
+        log_answered(command, &response);
     }
 }

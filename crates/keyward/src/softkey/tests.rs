@@ -414,6 +414,26 @@ fn store_with_credential(dir: &Path) -> (FileStore, PathBuf) {
     (store, dir.join("key.json"))
 }
 
+/// A store with one credential (id [1; 32]) whose journals are the smallest possible (a few
+/// dozen records), so that they fill up quickly.
+fn store_with_small_journal(dir: &Path) -> (FileStore, PathBuf) {
+    let (mut store, path) = store_with_credential(dir);
+    store.set_journal_capacity(0);
+    store.compact().expect("compact");
+    (store, path)
+}
+
+/// The bytes of `after` that differ from `before`, first to last.
+fn changed_bytes(before: &[u8], after: &[u8]) -> std::ops::Range<usize> {
+    let differs = |(a, b): (&u8, &u8)| a != b;
+    let start = before.iter().zip(after).position(differs);
+    let last = before.iter().zip(after).rposition(differs);
+    start
+        .zip(last)
+        .map(|(s, l)| s..l + 1)
+        .expect("the file changed")
+}
+
 fn count_on_disk(path: &Path) -> u32 {
     reload(path)
         .credential(&[1; 32])
@@ -468,18 +488,7 @@ fn a_torn_last_record_loses_only_the_unanswered_change() {
     // The sixth change, as if the process died during its write: every prefix of the record.
     assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), 6);
     let after = fs::read(&journal).expect("journal");
-    let start = before
-        .iter()
-        .zip(&after)
-        .position(|(a, b)| a != b)
-        .expect("the record changed the file");
-    let end = after.len()
-        - before
-            .iter()
-            .rev()
-            .zip(after.iter().rev())
-            .position(|(a, b)| a != b)
-            .expect("changed");
+    let std::ops::Range { start, end } = changed_bytes(&before, &after);
     let state = fs::read(&path).expect("state");
     for cut in start..end {
         let mut torn = after.clone();
@@ -570,9 +579,7 @@ fn every_crash_point_of_a_compaction_keeps_the_counters() {
 #[test]
 fn a_full_journal_is_folded_into_the_state_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut store, path) = store_with_credential(dir.path());
-    store.set_journal_capacity(0); // the smallest journal: a few dozen records
-    store.compact().expect("compact");
+    let (mut store, path) = store_with_small_journal(dir.path());
     let mut ids = std::collections::HashSet::new();
     for expected in 1..=200u32 {
         assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), expected);
@@ -641,24 +648,14 @@ fn a_reservation_lost_in_a_crash_leaves_the_issued_counter_on_disk() {
         store.next_sign_count(&[1; 32]).expect("count");
         store.reserve_next_count();
     }
-    // Issued 3 (taken from a reservation) and reserved 4. Cut the reservation's record off at
-    // every byte, as a crash during its write would.
+    // Three signatures, each followed by a reservation; the fourth takes the reserved 4, and
+    // the reservation of 5 is cut off at every byte, as a crash during its write would.
     assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), 3 + 1);
     let before = fs::read(&journal).expect("journal");
     store.reserve_next_count();
     let after = fs::read(&journal).expect("journal");
-    let start = before
-        .iter()
-        .zip(&after)
-        .position(|(a, b)| a != b)
-        .expect("the reservation was written");
-    let end = after
-        .iter()
-        .zip(&before)
-        .rposition(|(a, b)| a != b)
-        .expect("the reservation was written")
-        + 1;
-    for cut in start..=end {
+    let changed = changed_bytes(&before, &after);
+    for cut in changed.start..=changed.end {
         let mut torn = after.clone();
         torn[cut..].copy_from_slice(&before[cut..]);
         fs::write(&journal, &torn).expect("write");
@@ -735,9 +732,7 @@ fn deleting_or_wiping_drops_the_reservation() {
 #[test]
 fn a_reservation_that_fills_the_journal_folds_it_while_nothing_waits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut store, path) = store_with_credential(dir.path());
-    store.set_journal_capacity(0); // the smallest journal: a few dozen records
-    store.compact().expect("compact");
+    let (mut store, path) = store_with_small_journal(dir.path());
     let mut ids = std::collections::HashSet::new();
     for expected in 1..=200u32 {
         let before = store.state().journal.clone().expect("journal").id;

@@ -173,7 +173,10 @@ impl Handler for SoftKey {
             env: &mut self.env,
             policy: Policy::default(),
         };
-        self.engine.process(&mut ctx, request)
+        let response = self.engine.process(&mut ctx, request);
+        // The next counter's disk write starts now and is finished once the answer has left.
+        self.store.start_reservation();
+        response
     }
 
     fn answered(&mut self) {

@@ -12,8 +12,9 @@
 //! state but never a torn one (a torn journal record is discarded on load, and its answer never
 //! left), and a failed write leaves memory and disk agreeing or at worst the disk ahead (a counter
 //! skipped, never repeated); the engine then fails closed with CTAP2_ERR_OTHER. A signature
-//! counter may also be written ahead of its use, right after an answer has left
-//! ([`FileStore::reserve_next_count`]), so that the next signature need not wait for the disk.
+//! counter may also be written ahead of its use, started before an answer is sent and synced
+//! once it has left ([`FileStore::start_reservation`], [`FileStore::reserve_next_count`]), so that
+//! the next signature need not wait for the disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
@@ -360,6 +361,8 @@ pub struct FileStore {
     /// The credential that signed in the request being answered, whose next counter is reserved
     /// once the answer has left.
     to_reserve: Option<Vec<u8>>,
+    /// A reservation written to the journal and on its way to the disk, not yet synced.
+    started: Option<SignCount>,
 }
 
 /// A credential's signature counter value.
@@ -413,6 +416,7 @@ impl FileStore {
             journal_capacity: journal::DEFAULT_CAPACITY,
             reserved: None,
             to_reserve: None,
+            started: None,
         }
     }
 
@@ -454,43 +458,117 @@ impl FileStore {
         self.journal_capacity = bytes;
     }
 
-    /// Writes the next signature counter of the credential that signed in the request just
-    /// answered to the journal, durably, ahead of its use: that credential's next signature then
-    /// takes the value without a disk write of its own. Called once the answer has left, so the
-    /// host's next request arrives while this write is under way instead of waiting behind it.
-    ///
-    /// Every counter value is still on disk before an answer carrying it leaves: a signature
-    /// takes either the reserved value, synced here, or a value it writes and syncs itself. On
-    /// disk a credential's counter is the last value issued or one more; after a crash the key
-    /// continues above it, so a reserved value never issued is skipped, never repeated. One
-    /// credential holds the reservation at a time (a key serves one sign-in after another); a
-    /// signature by another credential writes its own counter.
-    pub fn reserve_next_count(&mut self) {
-        let Some(id) = self.to_reserve.take() else {
+    /// Starts writing the next signature counter of the credential that signed in the request
+    /// being answered to the journal, without waiting for the disk: called just before the answer
+    /// is sent, so that the device writes while the answer travels. [`FileStore::reserve_next_count`]
+    /// finishes it once the answer has left. Does nothing when no credential signed, or when the
+    /// journal is full (the reservation then folds it).
+    pub fn start_reservation(&mut self) {
+        if self.started.is_some() {
             return;
-        };
-        let Some(count) = self
-            .state
-            .credentials
-            .iter()
-            .find(|c| c.id == id)
-            .and_then(|c| c.sign_count.checked_add(1))
-        else {
+        }
+        let Some((id, count)) = self.next_reservation() else {
             return;
         };
         let record = Record::SignCount {
             id: id.clone(),
             count,
         };
-        match self.journal_change(record, |s| set_sign_count(s, &id, count)) {
-            Ok(()) => self.reserved = Some(SignCount { id, count }),
+        if let Some(journal) = &mut self.journal
+            && journal.has_room(&record)
+        {
+            match journal.write_unsynced(&record) {
+                Ok(()) => self.started = Some(SignCount { id, count }),
+                Err(e) => {
+                    // Whether the record reached the file is unknown: start afresh next time.
+                    self.journal = None;
+                    tracing::warn!(error = %e, "could not reserve the next signature counter");
+                }
+            }
+        }
+    }
+
+    /// Makes the next signature counter of the credential that signed in the request just
+    /// answered durable ahead of its use: syncs what [`FileStore::start_reservation`] wrote, or
+    /// writes and syncs it now. That credential's next signature then takes the value without a
+    /// disk write of its own. Called once the answer has left, so the host's next request
+    /// arrives while the sync is under way instead of waiting behind it.
+    ///
+    /// Every counter value is still on disk before an answer carrying it leaves: a signature
+    /// takes either a reserved value, synced here, or a value it writes and syncs itself. On
+    /// disk a credential's counter is the last value issued or one more; after a crash the key
+    /// continues above it, so a reserved value never issued is skipped, never repeated. One
+    /// credential holds the reservation at a time (a key serves one sign-in after another); a
+    /// signature by another credential writes its own counter.
+    pub fn reserve_next_count(&mut self) {
+        let result = match self.finish_started() {
+            Ok(()) if self.reserved.is_some() && self.to_reserve.is_none() => Ok(()),
+            Ok(()) => self.reserve_now(),
+            Err(e) => Err(e),
+        };
+        self.to_reserve = None;
+        if let Err(e) = result {
             // The next signature writes its own counter, as without a reservation.
-            Err(e) => tracing::warn!(error = %e, "could not reserve the next signature counter"),
+            tracing::warn!(error = %e, "could not reserve the next signature counter");
+        }
+    }
+
+    /// The credential to reserve for and its next counter value.
+    fn next_reservation(&self) -> Option<(Vec<u8>, u32)> {
+        let id = self.to_reserve.as_ref()?;
+        let count = self
+            .state
+            .credentials
+            .iter()
+            .find(|c| &c.id == id)?
+            .sign_count
+            .checked_add(1)?;
+        Some((id.clone(), count))
+    }
+
+    /// Writes and syncs the reservation (folding a full journal first).
+    fn reserve_now(&mut self) -> Result<(), StoreError> {
+        let Some((id, count)) = self.next_reservation() else {
+            return Ok(());
+        };
+        let record = Record::SignCount {
+            id: id.clone(),
+            count,
+        };
+        self.journal_change(record, |s| set_sign_count(s, &id, count))?;
+        self.reserved = Some(SignCount { id, count });
+        Ok(())
+    }
+
+    /// Syncs a reservation [`FileStore::start_reservation`] wrote and adopts it. Every other
+    /// change of the store calls it first, so the journal never has more than its last record
+    /// unsynced and a reserved value is never used before it is on disk.
+    fn finish_started(&mut self) -> Result<(), StoreError> {
+        let Some(value) = self.started.take() else {
+            return Ok(());
+        };
+        let synced = match &mut self.journal {
+            Some(journal) => journal.sync(),
+            None => Err(std::io::Error::other("the journal was closed")),
+        };
+        match synced {
+            Ok(()) => {
+                set_sign_count(&mut self.state, &value.id, value.count);
+                self.to_reserve = None;
+                self.reserved = Some(value);
+                Ok(())
+            }
+            Err(e) => {
+                // Whether the record reached the disk is unknown: start afresh next time.
+                self.journal = None;
+                Err(io_error(e))
+            }
         }
     }
 
     /// Folds the journal into the state file and starts a new, empty journal.
     pub fn compact(&mut self) -> Result<(), StoreError> {
+        self.finish_started()?;
         let next = self.state.clone();
         self.commit_with_new_journal(next)
     }
@@ -549,6 +627,7 @@ impl FileStore {
         &mut self,
         change: impl FnOnce(&mut StateFile) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.finish_started()?;
         let mut next = self.state.clone();
         let out = change(&mut next)?;
         self.commit(next)?;
@@ -562,6 +641,7 @@ impl FileStore {
         record: Record,
         apply: impl FnOnce(&mut StateFile),
     ) -> Result<(), StoreError> {
+        self.finish_started()?;
         match &mut self.journal {
             Some(journal) if journal.has_room(&record) => {
                 if let Err(e) = journal.append(&record) {
@@ -719,6 +799,7 @@ impl Store for FileStore {
         if self.state.credentials.iter().all(|c| c.id != id) {
             return Ok(false);
         }
+        self.finish_started()?;
         self.reserved.take_if(|r| r.id == id);
         self.update(|s| {
             s.credentials.retain(|c| c.id != id);
@@ -727,6 +808,8 @@ impl Store for FileStore {
     }
 
     fn next_sign_count(&mut self, id: &[u8]) -> Result<u32, StoreError> {
+        // Normally done already, once the last answer left.
+        self.finish_started()?;
         if let Some(reserved) = self.reserved.take_if(|r| r.id == id) {
             // Synced when it was reserved; the state in memory already holds it.
             self.to_reserve = Some(reserved.id);
@@ -755,6 +838,7 @@ impl Store for FileStore {
     }
 
     fn wipe(&mut self) -> Result<(), StoreError> {
+        self.finish_started()?;
         self.reserved = None;
         self.to_reserve = None;
         self.update(|s| {

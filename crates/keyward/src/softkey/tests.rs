@@ -640,6 +640,58 @@ fn a_reserved_counter_is_on_disk_before_it_is_issued_and_never_repeats() {
 }
 
 #[test]
+fn a_reservation_started_before_the_answer_is_finished_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, path) = store_with_credential(dir.path());
+    let journal = journal::path_for(&path);
+    for expected in 1..=20 {
+        let before = fs::read(&journal).expect("journal");
+        assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), expected);
+        if expected > 1 {
+            assert_eq!(
+                fs::read(&journal).expect("journal"),
+                before,
+                "a reserved value needs no write of its own"
+            );
+        }
+        // What the softkey does: start before the answer is sent, finish once it has left.
+        store.start_reservation();
+        assert_ne!(fs::read(&journal).expect("journal"), before, "written");
+        store.reserve_next_count();
+        assert_eq!(count_on_disk(&path), expected + 1);
+    }
+    assert_eq!(reload(&path).next_sign_count(&[1; 32]).expect("count"), 22);
+}
+
+#[test]
+fn a_change_between_start_and_finish_syncs_the_reservation_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut store, path) = store_with_credential(dir.path());
+    store
+        .insert_credential(&credential(2, "example.org", 2, false))
+        .expect("insert");
+    assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), 1);
+    store.start_reservation();
+    // Whatever comes before the finish syncs and adopts the started reservation, so the journal
+    // never has more than its last record unsynced and the reserved value is not issued twice.
+    store.spend_pin_retry().expect("spend");
+    assert_eq!(reload(&path).load_state().expect("state").pin_retries, 7);
+    assert_eq!(count_on_disk(&path), 2);
+    assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), 2);
+    store.start_reservation();
+    // Another credential signs before the finish: its own counter is written after the
+    // reservation, and then holds the reservation; the first credential's reserved 3 is given
+    // up, skipped rather than ever issued.
+    assert_eq!(store.next_sign_count(&[2; 32]).expect("count"), 1);
+    store.reserve_next_count();
+    assert_eq!(store.next_sign_count(&[2; 32]).expect("count"), 2);
+    assert_eq!(store.next_sign_count(&[1; 32]).expect("count"), 4);
+    let mut restarted = reload(&path);
+    assert!(restarted.next_sign_count(&[1; 32]).expect("count") > 3);
+    assert!(restarted.next_sign_count(&[2; 32]).expect("count") > 1);
+}
+
+#[test]
 fn a_reservation_lost_in_a_crash_leaves_the_issued_counter_on_disk() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut store, path) = store_with_credential(dir.path());

@@ -477,6 +477,30 @@ mod tests {
     }
 
     #[test]
+    fn unsynced_and_synced_records_read_back_alike() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("key.json");
+        let mut journal = Journal::create(&state, ID, 4096)
+            .expect("create")
+            .install()
+            .expect("install");
+        let sample = sample();
+        journal.write_unsynced(&sample[0]).expect("write");
+        // An append after an unsynced record syncs that one first, then itself.
+        journal.append(&sample[1]).expect("append");
+        journal.write_unsynced(&sample[2]).expect("write");
+        journal.sync().expect("sync");
+        journal.sync().expect("a second sync has nothing to do");
+        let bytes = fs::read(path_for(&state)).expect("read");
+        assert_eq!(records(parse(&bytes, &ID, 0).expect("parse")), sample);
+        assert_eq!(
+            written(dir.path(), &sample).0,
+            bytes,
+            "the same bytes as appends"
+        );
+    }
+
+    #[test]
     fn a_torn_or_garbage_tail_is_discarded() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (bytes, offsets) = written(dir.path(), &sample());

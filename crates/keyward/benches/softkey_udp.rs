@@ -216,12 +216,12 @@ fn main() {
     }
     println!();
     println!(
-        "each getAssertion's counter is on disk before its answer leaves: the key starts writing \
-         the credential's next counter into its preallocated journal (one record in place) just \
-         before the answer is sent and syncs it (fdatasync) once the answer has left, so a call \
-         made straight after the previous answer waits for what is left of that write, and one \
-         made 1 ms later finds its counter on disk already; the disk line times one such write \
-         and fdatasync in the same directory"
+        "each getAssertion's counter is on disk before its answer leaves: the key writes the \
+         credential's next counter into its preallocated journal (one record in place, \
+         fdatasync) once the answer has left, starting the write just before the answer when the \
+         host came back at once last time; a call made straight after the previous answer waits \
+         for what is left of that write, one made 1 ms later finds its counter on disk already; \
+         the disk line times one such write and fdatasync in the same directory"
     );
     if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
         println!(

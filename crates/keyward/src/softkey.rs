@@ -162,10 +162,53 @@ struct SoftKey {
     presence: SoftPresence,
     env: SystemEnv,
     ca_pem: String,
+    pacing: Pacing,
+}
+
+/// When the next counter's disk write starts (see `FileStore::start_reservation`).
+///
+/// Starting it before the answer is sent lets the device write while the answer travels, which
+/// helps a host that sends its next request at once (that request would otherwise wait behind
+/// the write), but delays this answer by the cost of starting a write. So the key starts it
+/// early only for a host that comes back quickly: when the last request arrived sooner after
+/// the last reservation was on disk than that reservation took (a request that was already
+/// waiting counts as arriving at once). A host that pauses between requests, as a person does,
+/// gets its answer first and the write after.
+#[derive(Debug, Default)]
+struct Pacing {
+    /// When the last reservation was on disk.
+    written_at: Option<Instant>,
+    /// How long after its answer that reservation took to be on disk.
+    last_write: Duration,
+    /// From `written_at` to the request after it.
+    turnaround: Option<Duration>,
+}
+
+impl Pacing {
+    /// A request is being handled.
+    fn request(&mut self, now: Instant) {
+        if let Some(written_at) = self.written_at.take() {
+            self.turnaround = Some(now.saturating_duration_since(written_at));
+        }
+    }
+
+    fn start_early(&self) -> bool {
+        self.turnaround.is_some_and(|t| t < self.last_write)
+    }
+
+    /// An answer has left at `answered_at`; `written_at` when the reservation made after it was
+    /// on disk, if one was made.
+    fn answered(&mut self, answered_at: Instant, written_at: Option<Instant>) {
+        if let Some(written_at) = written_at {
+            self.last_write = written_at.saturating_duration_since(answered_at);
+            self.written_at = Some(written_at);
+        }
+    }
 }
 
 impl Handler for SoftKey {
     fn handle(&mut self, request: &[u8]) -> Vec<u8> {
+        self.pacing.request(Instant::now());
         let mut ctx = Context {
             store: &mut self.store,
             protection: &self.protection,
@@ -174,13 +217,17 @@ impl Handler for SoftKey {
             policy: Policy::default(),
         };
         let response = self.engine.process(&mut ctx, request);
-        // The next counter's disk write starts now and is finished once the answer has left.
-        self.store.start_reservation();
+        if self.pacing.start_early() {
+            // Finished once the answer has left (`answered`).
+            self.store.start_reservation();
+        }
         response
     }
 
     fn answered(&mut self) {
-        self.store.reserve_next_count();
+        let answered_at = Instant::now();
+        let wrote = self.store.reserve_next_count();
+        self.pacing.answered(answered_at, wrote.then(Instant::now));
     }
 
     fn may_wait(&self) -> bool {
@@ -242,6 +289,7 @@ impl SoftKey {
             },
             env,
             ca_pem: stored.ca_cert_pem,
+            pacing: Pacing::default(),
         })
     }
 

@@ -500,17 +500,22 @@ impl FileStore {
     /// continues above it, so a reserved value never issued is skipped, never repeated. One
     /// credential holds the reservation at a time (a key serves one sign-in after another); a
     /// signature by another credential writes its own counter.
-    pub fn reserve_next_count(&mut self) {
+    ///
+    /// Returns whether it wrote or synced a reservation (false when the answer carried no
+    /// signature).
+    pub fn reserve_next_count(&mut self) -> bool {
+        let started = self.started.is_some();
         let result = match self.finish_started() {
-            Ok(()) if self.reserved.is_some() && self.to_reserve.is_none() => Ok(()),
+            Ok(()) if started => Ok(true),
             Ok(()) => self.reserve_now(),
             Err(e) => Err(e),
         };
         self.to_reserve = None;
-        if let Err(e) = result {
+        result.unwrap_or_else(|e| {
             // The next signature writes its own counter, as without a reservation.
             tracing::warn!(error = %e, "could not reserve the next signature counter");
-        }
+            true
+        })
     }
 
     /// The credential to reserve for and its next counter value.
@@ -526,10 +531,11 @@ impl FileStore {
         Some((id.clone(), count))
     }
 
-    /// Writes and syncs the reservation (folding a full journal first).
-    fn reserve_now(&mut self) -> Result<(), StoreError> {
+    /// Writes and syncs the reservation (folding a full journal first); false when no
+    /// credential signed.
+    fn reserve_now(&mut self) -> Result<bool, StoreError> {
         let Some((id, count)) = self.next_reservation() else {
-            return Ok(());
+            return Ok(false);
         };
         let record = Record::SignCount {
             id: id.clone(),
@@ -537,7 +543,7 @@ impl FileStore {
         };
         self.journal_change(record, |s| set_sign_count(s, &id, count))?;
         self.reserved = Some(SignCount { id, count });
-        Ok(())
+        Ok(true)
     }
 
     /// Syncs a reservation [`FileStore::start_reservation`] wrote and adopts it. Every other

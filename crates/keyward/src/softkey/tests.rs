@@ -692,6 +692,30 @@ fn a_change_between_start_and_finish_syncs_the_reservation_first() {
 }
 
 #[test]
+fn the_write_starts_before_the_answer_only_for_a_host_that_comes_back_at_once() {
+    let (us, t0) = (Duration::from_micros, std::time::Instant::now());
+    let mut pacing = Pacing::default();
+    pacing.request(t0);
+    assert!(!pacing.start_early(), "no history: the answer goes first");
+    // The reservation took 90 µs after its answer, and the next request was already waiting.
+    pacing.answered(t0 + us(100), Some(t0 + us(190)));
+    pacing.request(t0 + us(195));
+    assert!(pacing.start_early());
+    // Started early, 50 µs were left after the answer; the host then paused for a millisecond.
+    pacing.answered(t0 + us(300), Some(t0 + us(350)));
+    pacing.request(t0 + us(1350));
+    assert!(!pacing.start_early());
+    // An answer without a signature makes no reservation and changes nothing.
+    pacing.answered(t0 + us(1400), None);
+    pacing.request(t0 + us(1405));
+    assert!(!pacing.start_early());
+    // Back at once after a reservation written after its answer.
+    pacing.answered(t0 + us(1500), Some(t0 + us(1590)));
+    pacing.request(t0 + us(1600));
+    assert!(pacing.start_early());
+}
+
+#[test]
 fn a_reservation_lost_in_a_crash_leaves_the_issued_counter_on_disk() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut store, path) = store_with_credential(dir.path());

@@ -12,9 +12,9 @@
 //! state but never a torn one (a torn journal record is discarded on load, and its answer never
 //! left), and a failed write leaves memory and disk agreeing or at worst the disk ahead (a counter
 //! skipped, never repeated); the engine then fails closed with CTAP2_ERR_OTHER. A signature
-//! counter may also be written ahead of its use, started before an answer is sent and synced
-//! once it has left ([`FileStore::start_reservation`], [`FileStore::reserve_next_count`]), so that
-//! the next signature need not wait for the disk.
+//! counter may also be written ahead of its use, synced once an answer has left (its write
+//! sometimes started just before: [`FileStore::start_reservation`],
+//! [`FileStore::reserve_next_count`]), so that the next signature need not wait for the disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
@@ -460,9 +460,10 @@ impl FileStore {
 
     /// Starts writing the next signature counter of the credential that signed in the request
     /// being answered to the journal, without waiting for the disk: called just before the answer
-    /// is sent, so that the device writes while the answer travels. [`FileStore::reserve_next_count`]
-    /// finishes it once the answer has left. Does nothing when no credential signed, or when the
-    /// journal is full (the reservation then folds it).
+    /// is sent to a host that comes back at once (see `softkey::Pacing`), so that the device
+    /// writes while the answer travels. [`FileStore::reserve_next_count`] finishes it once the
+    /// answer has left. Does nothing when no credential signed, or when the journal is full (the
+    /// reservation then folds it).
     pub fn start_reservation(&mut self) {
         if self.started.is_some() {
             return;

@@ -118,8 +118,8 @@ fn send(socket: &UdpSocket, report: &[u8; REPORT_SIZE], peer: SocketAddr) {
     }
 }
 
-/// Sends the reports of one message, in order. On Linux they go in one `sendmmsg` call, so the
-/// host is woken once for the whole answer rather than once per report.
+/// Sends the reports of one message, in order. On Linux they go in one `sendmmsg` call: one
+/// system call for the whole answer instead of one per report.
 #[cfg(target_os = "linux")]
 fn send_all(socket: &UdpSocket, reports: &[[u8; REPORT_SIZE]], peer: SocketAddr) {
     use rustix::net::addr::SocketAddrArg as _;

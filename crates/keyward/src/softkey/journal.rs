@@ -433,13 +433,19 @@ mod tests {
         ]
     }
 
-    /// A journal file with `records`, and the offsets where each record starts.
-    fn written(dir: &Path, records: &[Record]) -> (Vec<u8>, Vec<usize>) {
+    /// A new journal in place beside `dir/key.json`, and the state file's path.
+    fn installed(dir: &Path, capacity: u64) -> (Journal, PathBuf) {
         let state = dir.join("key.json");
-        let mut journal = Journal::create(&state, ID, 4096)
+        let journal = Journal::create(&state, ID, capacity)
             .expect("create")
             .install()
             .expect("install");
+        (journal, state)
+    }
+
+    /// A journal file with `records`, and the offsets where each record starts.
+    fn written(dir: &Path, records: &[Record]) -> (Vec<u8>, Vec<usize>) {
+        let (mut journal, state) = installed(dir, 4096);
         let mut offsets = Vec::new();
         for r in records {
             offsets.push(journal.end() as usize);
@@ -479,11 +485,7 @@ mod tests {
     #[test]
     fn unsynced_and_synced_records_read_back_alike() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("key.json");
-        let mut journal = Journal::create(&state, ID, 4096)
-            .expect("create")
-            .install()
-            .expect("install");
+        let (mut journal, state) = installed(dir.path(), 4096);
         let sample = sample();
         journal.write_unsynced(&sample[0]).expect("write");
         // An append after an unsynced record syncs that one first, then itself.
@@ -585,11 +587,7 @@ mod tests {
     #[test]
     fn a_full_journal_refuses_records() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("key.json");
-        let mut journal = Journal::create(&state, ID, 0)
-            .expect("create")
-            .install()
-            .expect("install");
+        let (mut journal, _) = installed(dir.path(), 0);
         let record = Record::PinRetries {
             retries: 1,
             consecutive_failures: 0,

@@ -110,8 +110,14 @@ impl UdpHost {
 
     /// The next non-KEEPALIVE answer, reassembled: (command, payload).
     pub fn answer(&self) -> (u8, Vec<u8>) {
+        self.try_answer().expect("a whole answer in time")
+    }
+
+    /// [`UdpHost::answer`], or `None` when the key stops answering (a timeout, or the port no
+    /// longer open) before the whole answer is in.
+    pub fn try_answer(&self) -> Option<(u8, Vec<u8>)> {
         loop {
-            let first = self.recv();
+            let first = self.try_recv()?;
             if first[4] == 0x80 | cmd::KEEPALIVE {
                 continue;
             }
@@ -119,10 +125,10 @@ impl UdpHost {
             let len = usize::from(u16::from_be_bytes([first[5], first[6]]));
             let mut data = first[7..].to_vec();
             while data.len() < len {
-                data.extend_from_slice(&self.recv()[5..]);
+                data.extend_from_slice(&self.try_recv()?[5..]);
             }
             data.truncate(len);
-            return (first[4] & 0x7F, data);
+            return Some((first[4] & 0x7F, data));
         }
     }
 
@@ -141,10 +147,30 @@ impl UdpHost {
 
     /// One report; panics if none comes within the timeout or it is not 64 bytes.
     pub fn recv(&self) -> [u8; REPORT_SIZE] {
+        self.try_recv().expect("a reply in time")
+    }
+
+    /// One report, or `None` when none comes within the timeout or the key's port is closed
+    /// (the ICMP error of an earlier send); panics on any other error or a report that is not
+    /// 64 bytes.
+    pub fn try_recv(&self) -> Option<[u8; REPORT_SIZE]> {
+        use std::io::ErrorKind;
         let mut report = [0u8; REPORT_SIZE];
-        let n = self.socket.recv(&mut report).expect("a reply in time");
-        assert_eq!(n, REPORT_SIZE, "one 64-byte report per datagram");
-        report
+        match self.socket.recv(&mut report) {
+            Ok(n) => {
+                assert_eq!(n, REPORT_SIZE, "one 64-byte report per datagram");
+                Some(report)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::ConnectionRefused
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("receiving a report: {e}"),
+        }
     }
 }
 

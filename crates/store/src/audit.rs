@@ -187,7 +187,7 @@ impl HeadCache {
     /// Statements that write every cached head back, parameters numbered from `$first`, and
     /// their values (seq, hash, organisation) in that order. The caller marks them
     /// [`HeadCache::set_written`] once they ran.
-    pub(crate) fn write_sql(&self, first: usize) -> (String, Vec<(i64, Vec<u8>, Uuid)>) {
+    pub(crate) fn write_sql(&self, first: usize) -> HeadsSql {
         let mut sql = String::new();
         let mut values = Vec::with_capacity(self.heads.len());
         for (i, (org_id, (seq, hash))) in self.heads.iter().enumerate() {
@@ -221,38 +221,16 @@ pub(crate) async fn append_cached(
     target: &str,
     detail: Value,
 ) -> Result<i64, StoreError> {
-    let at = now();
-    let detail_text = canonical_json(&detail);
+    load_head(inner, cache, org_id).await?;
+    // Like every cached entry, on error the caller rolls back to its mark (see `prepare_cached`).
+    let e = prepare_cached(cache, org_id, actor, action, target, &detail)?;
     on_tx!(inner, c => {
-        let (prev_seq, prev_hash) = match cache.heads.get(&org_id) {
-            Some(h) => h.clone(),
-            None => {
-                let head: Option<(i64, Vec<u8>)> =
-                    sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE org_id = $1")
-                        .bind(org_id).fetch_optional(&mut *c).await?;
-                match head {
-                    Some(h) => h,
-                    None => {
-                        sqlx::query("INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 0, $2)")
-                            .bind(org_id).bind(vec![0u8; 32]).execute(&mut *c).await?;
-                        (0, vec![0u8; 32])
-                    }
-                }
-            }
-        };
-        let seq = prev_seq + 1;
-        let hash = entry_hash(&prev_hash, seq, org_id, at, actor, action, target, &detail);
-        sqlx::query(
-            "INSERT INTO audit_log (org_id, seq, at, actor, action, target, detail, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(org_id).bind(seq).bind(at).bind(actor).bind(action).bind(target).bind(&detail_text)
-        .bind(&prev_hash).bind(&hash)
-        .execute(&mut *c).await?;
-        cache.heads.insert(org_id, (seq, hash));
-        cache.written = false;
-        Ok(seq)
-    })
+        sqlx::query(&PreparedEntry::sql(1))
+            .bind(e.org_id).bind(e.seq).bind(e.at).bind(&e.actor).bind(&e.action).bind(&e.target)
+            .bind(&e.detail_text).bind(&e.prev_hash).bind(&e.hash)
+            .execute(&mut *c).await?;
+    });
+    Ok(e.seq)
 }
 
 /// An audit entry chained onto a cached head, for a caller that inserts it together with other
@@ -295,6 +273,20 @@ impl PreparedEntry {
             .bind(self.prev_hash)
             .bind(self.hash)
     }
+}
+
+/// The statements that write cached audit heads back, and their values (seq, hash, org).
+pub(crate) type HeadsSql = (String, Vec<(i64, Vec<u8>, Uuid)>);
+
+/// Binds the values of [`HeadCache::write_sql`], in its order.
+pub(crate) fn bind_heads<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    values: &[(i64, Vec<u8>, Uuid)],
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    for (seq, hash, org) in values {
+        q = q.bind(*seq).bind(hash.clone()).bind(*org);
+    }
+    q
 }
 
 /// Makes sure `cache` holds the head of `org_id`'s chain (reading it, or creating it, in this

@@ -447,31 +447,17 @@ impl KeyTx {
             return finish_done(&mut self.inner, r.job_id, reg.user_id, result, at).await;
         }
         self.released = false;
-        let KeyTx {
-            inner,
-            batch,
-            released,
-            write_heads,
-            ..
-        } = self;
-        let cache = batch
-            .as_mut()
-            .ok_or_else(|| StoreError::Invalid("not a batch".into()))?;
-        crate::audit::load_head(inner, cache, reg.org_id).await?;
-        let entry = crate::audit::prepare_cached(
-            cache,
-            reg.org_id,
-            &reg.created_by,
-            "provisioning.registered",
-            &target,
-            &r.audit_detail,
-        )?;
+        let entry = self
+            .batched_entry(
+                reg.org_id,
+                &reg.created_by,
+                "provisioning.registered",
+                &target,
+                &r.audit_detail,
+            )
+            .await?;
         // The batch's last operation also writes the audit heads back.
-        let heads = std::mem::take(write_heads).then(|| cache.write_sql(22));
-        let TxInner::Sqlite(t) = inner else {
-            return Err(StoreError::Invalid("not a SQLite batch".into()));
-        };
-        let c: &mut sqlx::SqliteConnection = &mut *t;
+        let heads = self.take_heads_sql(22)?;
         // The job's counter moves only if the item did: `changes()` is the row count of the
         // statement before it. (Row counts of a multi-statement query cannot be told apart, so
         // the result is read from RETURNING.)
@@ -498,18 +484,16 @@ impl KeyTx {
             .bind(&reg.created_by)
             .bind(reg.created_at);
         let mut q = entry.bind_sqlite(q);
-        if let Some((_, values)) = heads.clone() {
-            for (seq, hash, org) in values {
-                q = q.bind(seq).bind(hash).bind(org);
-            }
+        if let Some((_, values)) = &heads {
+            q = crate::audit::bind_heads(q, values);
         }
         // Only the job's counter returns a row: when the item was still running.
-        let rows = q.fetch_all(&mut *c).await?;
+        let rows = q.fetch_all(&mut *self.batch_connection()?).await?;
         if heads.is_some() {
-            cache.set_written();
+            self.heads_written();
         }
         // The operation's savepoint is released with it (see `KeyTx::end_op`).
-        *released = true;
+        self.released = true;
         Ok(!rows.is_empty())
     }
 }

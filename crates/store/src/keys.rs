@@ -372,6 +372,29 @@ impl Store {
     }
 }
 
+/// Inserts a security key for a user and marks the user `assigned`; `NotFound` when there is no
+/// such user.
+async fn insert_key(
+    inner: &mut TxInner,
+    org_id: Uuid,
+    user_id: Uuid,
+    key: &NewSecurityKey,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), StoreError> {
+    on_tx!(inner, c => {
+        sqlx::query(CREATE_KEY_SQL)
+            .bind(key.id).bind(org_id).bind(user_id).bind(&key.aaguid).bind(&key.wrapped_dek)
+            .bind(key.kek_version).bind(key.min_pin_length).bind(key.force_pin_change).bind(at)
+            .execute(&mut *c).await?;
+        let n = sqlx::query("UPDATE users SET key_id = $1, status = 'assigned' WHERE org_id = $2 AND id = $3")
+            .bind(key.id).bind(org_id).bind(user_id).execute(&mut *c).await?.rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+    });
+    Ok(())
+}
+
 impl Tx {
     /// Creates a security key for a user and marks the user `assigned`.
     pub async fn insert_security_key(
@@ -380,22 +403,7 @@ impl Tx {
         user_id: Uuid,
         key: &NewSecurityKey,
     ) -> Result<(), StoreError> {
-        let at = now();
-        on_tx!(&mut self.inner, c => {
-            sqlx::query(
-                "INSERT INTO security_keys (id, org_id, user_id, status, aaguid, wrapped_dek, kek_version, \
-                 min_pin_length, force_pin_change, created_at) VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(key.id).bind(org_id).bind(user_id).bind(&key.aaguid).bind(&key.wrapped_dek)
-            .bind(key.kek_version).bind(key.min_pin_length).bind(key.force_pin_change).bind(at)
-            .execute(&mut *c).await?;
-            let n = sqlx::query("UPDATE users SET key_id = $1, status = 'assigned' WHERE org_id = $2 AND id = $3")
-                .bind(key.id).bind(org_id).bind(user_id).execute(&mut *c).await?.rows_affected();
-            if n == 0 {
-                return Err(StoreError::NotFound);
-            }
-        });
-        Ok(())
+        insert_key(&mut self.inner, org_id, user_id, key, now()).await
     }
 
     /// Gives a key created in this transaction its first PIN (an admin's one-time PIN): only the
@@ -552,17 +560,10 @@ impl KeyTx {
         if batched_sqlite {
             // A batch on SQLite: the audit head is cached, so the key, the user and the audit
             // entry are written by one multi-statement query (one round trip to SQLite's thread).
-            let KeyTx { inner, batch, .. } = self;
-            let cache = batch
-                .as_mut()
-                .ok_or_else(|| StoreError::Invalid("not a batch".into()))?;
-            crate::audit::load_head(inner, cache, org_id).await?;
-            let entry =
-                crate::audit::prepare_cached(cache, org_id, actor, "key.create", &target, &detail)?;
-            let TxInner::Sqlite(t) = inner else {
-                return Err(StoreError::Invalid("not a SQLite batch".into()));
-            };
-            let c: &mut sqlx::SqliteConnection = &mut *t;
+            let entry = self
+                .batched_entry(org_id, actor, "key.create", &target, &detail)
+                .await?;
+            let c = self.batch_connection()?;
             let sql = format!(
                 "{CREATE_KEY_SQL}; UPDATE users SET key_id = $1, status = 'assigned' \
                  WHERE org_id = $2 AND id = $3; {}",
@@ -584,17 +585,7 @@ impl KeyTx {
                 return Err(StoreError::NotFound);
             }
         } else {
-            on_tx!(&mut self.inner, c => {
-                sqlx::query(CREATE_KEY_SQL)
-                    .bind(key.id).bind(org_id).bind(user_id).bind(&key.aaguid).bind(&key.wrapped_dek)
-                    .bind(key.kek_version).bind(key.min_pin_length).bind(key.force_pin_change).bind(at)
-                    .execute(&mut *c).await?;
-                let n = sqlx::query("UPDATE users SET key_id = $1, status = 'assigned' WHERE org_id = $2 AND id = $3")
-                    .bind(key.id).bind(org_id).bind(user_id).execute(&mut *c).await?.rows_affected();
-                if n == 0 {
-                    return Err(StoreError::NotFound);
-                }
-            });
+            insert_key(&mut self.inner, org_id, user_id, key, at).await?;
             self.append_audit(org_id, actor, "key.create", &target, detail)
                 .await?;
         }
@@ -786,27 +777,12 @@ impl KeyTx {
             self.insert_credential(c).await?;
         }
         let (key, at) = (self.key_id, now());
-        let KeyTx {
-            inner,
-            batch,
-            released,
-            write_heads,
-            ..
-        } = self;
-        let cache = batch
-            .as_mut()
-            .ok_or_else(|| StoreError::Invalid("not a batch".into()))?;
         let entry = match &end.audit {
-            Some((actor, action, target, detail)) => {
-                crate::audit::load_head(inner, cache, org_id).await?;
-                Some(crate::audit::prepare_cached(
-                    cache, org_id, actor, action, target, detail,
-                )?)
-            }
+            Some((actor, action, target, detail)) => Some(
+                self.batched_entry(org_id, actor, action, target, detail)
+                    .await?,
+            ),
             None => None,
-        };
-        let TxInner::Sqlite(t) = inner else {
-            return Err(StoreError::Invalid("not a SQLite batch".into()));
         };
         // Parameters: the credential $1..$23, the intent $24..$27, the audit entry $28..$36.
         let mut sql = String::new();
@@ -832,7 +808,7 @@ impl KeyTx {
             sql.push_str(&crate::audit::PreparedEntry::sql(28));
             sql.push_str("; ");
         }
-        let heads = std::mem::take(write_heads).then(|| cache.write_sql(37));
+        let heads = self.take_heads_sql(37)?;
         if let Some((heads_sql, _)) = &heads {
             sql.push_str(heads_sql);
         }
@@ -865,23 +841,68 @@ impl KeyTx {
                 q
             }
         };
-        if let Some((_, values)) = heads.clone() {
-            for (seq, hash, org) in values {
-                q = q.bind(seq).bind(hash).bind(org);
-            }
+        if let Some((_, values)) = &heads {
+            q = crate::audit::bind_heads(q, values);
         }
-        let c: &mut sqlx::SqliteConnection = &mut *t;
-        let rows = q.fetch_all(&mut *c).await?;
+        let rows = q.fetch_all(&mut *self.batch_connection()?).await?;
         if heads.is_some() {
-            cache.set_written();
+            self.heads_written();
         }
         if first.is_some() && rows.is_empty() {
             return Err(StoreError::Conflict(
                 "credential id already on this key".into(),
             ));
         }
-        *released = true;
+        self.released = true;
         Ok(())
+    }
+
+    /// In a SQLite batch: the next audit entry of `org_id`, chained onto the head cached for the
+    /// batch (read, or created, in this transaction the first time), for the caller to insert
+    /// with its other statements ([`crate::audit::prepare_cached`]).
+    pub(crate) async fn batched_entry(
+        &mut self,
+        org_id: Uuid,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &serde_json::Value,
+    ) -> Result<crate::audit::PreparedEntry, StoreError> {
+        let cache = self
+            .batch
+            .as_mut()
+            .ok_or_else(|| StoreError::Invalid("not a batch".into()))?;
+        crate::audit::load_head(&mut self.inner, cache, org_id).await?;
+        crate::audit::prepare_cached(cache, org_id, actor, action, target, detail)
+    }
+
+    /// In a batch, for an operation's last query: the SQL that writes the cached audit heads
+    /// back (parameters numbered from `$first`) when this is the batch's last operation
+    /// ([`KeyTx::write_heads_with_next_op`]). Call [`KeyTx::heads_written`] once it ran.
+    pub(crate) fn take_heads_sql(
+        &mut self,
+        first: usize,
+    ) -> Result<Option<crate::audit::HeadsSql>, StoreError> {
+        let cache = self
+            .batch
+            .as_ref()
+            .ok_or_else(|| StoreError::Invalid("not a batch".into()))?;
+        Ok(std::mem::take(&mut self.write_heads).then(|| cache.write_sql(first)))
+    }
+
+    /// The SQL of [`KeyTx::take_heads_sql`] ran: the heads are on record.
+    pub(crate) fn heads_written(&mut self) {
+        if let Some(cache) = self.batch.as_mut() {
+            cache.set_written();
+        }
+    }
+
+    /// The connection of a batch on SQLite, for its multi-statement queries.
+    pub(crate) fn batch_connection(&mut self) -> Result<&mut sqlx::SqliteConnection, StoreError> {
+        match &mut self.inner {
+            TxInner::Sqlite(t) => Ok(&mut **t),
+            TxInner::Postgres(_) => Err(StoreError::Invalid("not a SQLite batch".into())),
+        }
     }
 
     pub async fn insert_credential(&mut self, r: &CredentialRecord) -> Result<(), StoreError> {

@@ -10,27 +10,15 @@ use axum::http::{Method, StatusCode};
 use chrono::{DateTime, Utc};
 use keyward_server::auth::Role;
 use keyward_store::testing;
-use relay_common::{admin_tool, replica};
+use relay_common::{admin_tool, connect_through, replica};
 use serde_json::json;
 
 /// Connects the admin's tool to `user` and returns how long the session is granted, in seconds.
 async fn connect_for(server: &relay_common::Replica, token: &str, user: uuid::Uuid) -> i64 {
     let before = Utc::now();
-    let r = server
-        .call(
-            Method::POST,
-            &format!("/api/v1/users/{user}/connect"),
-            token,
-            None,
-        )
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    let expires: DateTime<Utc> = r.json()["expires_at"]
+    let (status, body) = connect_through(server, token, user).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let expires: DateTime<Utc> = body["expires_at"]
         .as_str()
         .expect("expires_at")
         .parse()

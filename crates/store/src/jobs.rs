@@ -920,6 +920,24 @@ mod tests {
     use super::*;
     use crate::{ExternalUser, NewDirectory, NewUser, testing};
 
+    /// A job over `users`, committed.
+    async fn new_job(
+        store: &Store,
+        org: Uuid,
+        kind: &str,
+        params: &serde_json::Value,
+        created_by: &str,
+        users: &[Uuid],
+    ) -> JobRecord {
+        let mut tx = store.begin().await.expect("begin");
+        let job = tx
+            .insert_job(org, kind, params, created_by, users)
+            .await
+            .expect("job");
+        tx.commit().await.expect("commit");
+        job
+    }
+
     async fn org_with_users(store: &Store, n: usize) -> (Uuid, Vec<Uuid>) {
         let mut tx = store.begin().await.expect("begin");
         let org = tx
@@ -944,12 +962,7 @@ mod tests {
         for db in testing::all().await {
             let s = &db.store;
             let (org, users) = org_with_users(s, 3).await;
-            let mut tx = s.begin().await.expect("begin");
-            let job = tx
-                .insert_job(org, "test", &json!({"x": 1}), "admin:a", &users)
-                .await
-                .expect("job");
-            tx.commit().await.expect("commit");
+            let job = new_job(s, org, "test", &json!({"x": 1}), "admin:a", &users).await;
             assert_eq!(job.total, 3);
 
             let lease = now() + Duration::seconds(30);
@@ -1041,12 +1054,7 @@ mod tests {
         for db in testing::all().await {
             let s = &db.store;
             let (org, users) = org_with_users(s, 2).await;
-            let mut tx = s.begin().await.expect("begin");
-            let job = tx
-                .insert_job(org, "test", &json!({}), "a", &users)
-                .await
-                .expect("job");
-            tx.commit().await.expect("commit");
+            let job = new_job(s, org, "test", &json!({}), "a", &users).await;
             s.claim_job("w", now() + Duration::seconds(30))
                 .await
                 .expect("claim");
@@ -1097,12 +1105,7 @@ mod tests {
         for db in testing::all().await {
             let s = &db.store;
             let (org, users) = org_with_users(s, 1).await;
-            let mut tx = s.begin().await.expect("begin");
-            let job = tx
-                .insert_job(org, "test", &json!({}), "a", &users)
-                .await
-                .expect("job");
-            tx.commit().await.expect("commit");
+            let job = new_job(s, org, "test", &json!({}), "a", &users).await;
             s.claim_job("dead", now() - Duration::seconds(1))
                 .await
                 .expect("claim");
@@ -1183,12 +1186,7 @@ mod tests {
             for db in dbs {
                 let s = &db.store;
                 let (org, users) = org_with_users(s, 2).await;
-                let mut tx = s.begin().await.expect("begin");
-                let job = tx
-                    .insert_job(org, "provision", &json!({}), "admin:a", &users)
-                    .await
-                    .expect("job");
-                tx.commit().await.expect("commit");
+                let job = new_job(s, org, "provision", &json!({}), "admin:a", &users).await;
                 s.claim_job("w", now() + Duration::seconds(30))
                     .await
                     .expect("claim");
